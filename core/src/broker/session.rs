@@ -1,0 +1,154 @@
+//! [`Session`]: the state MQTT keeps per client identifier, across connections when persistent
+//! (3.1.1 section 4.1): subscriptions, the outgoing in-flight window, the queue behind it, and
+//! the QoS 2 packet identifiers received but not yet released.
+//!
+//! Never: grow without bound (the queue obeys the configured limits), or know about sockets.
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::sync::Arc;
+use bytes::Bytes;
+
+use super::ConnId;
+use crate::codec::{PacketId, Properties, QoS, SubscriptionOptions};
+use crate::string::MqttString;
+use crate::time::Instant;
+use crate::topic::{TopicFilter, TopicName};
+
+/// An application message as the broker holds it: one allocation per received PUBLISH, shared
+/// by every queue and in-flight entry it is routed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Message {
+    pub(crate) topic: TopicName,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: QoS,
+    pub(crate) properties: Properties,
+}
+
+/// A message on its way to one session, at the QoS it will be delivered with.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) message: Arc<Message>,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+}
+
+/// Where an outgoing QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InflightState {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    AwaitingAck,
+    /// PUBREL sent; waiting for PUBCOMP.
+    AwaitingComp,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Inflight {
+    pub(crate) id: PacketId,
+    pub(crate) delivery: Delivery,
+    pub(crate) state: InflightState,
+    pub(crate) sent_at: Instant,
+}
+
+/// Identifies a session in the routing index (stable while the session lives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct SessionKey(pub(crate) u64);
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client_id: MqttString,
+    /// Kept after the connection ends (clean session 0).
+    pub(crate) persistent: bool,
+    pub(crate) conn: Option<ConnId>,
+    pub(crate) subscriptions: BTreeMap<TopicFilter, SubscriptionOptions>,
+    /// Outgoing QoS 1/2 messages in the order they were first sent.
+    pub(crate) inflight: VecDeque<Inflight>,
+    /// Messages waiting for room in the in-flight window or the socket.
+    pub(crate) queue: VecDeque<Delivery>,
+    pub(crate) queued_bytes: usize,
+    /// QoS 2 packet identifiers received (PUBREC sent) whose PUBREL has not arrived.
+    pub(crate) awaiting_release: BTreeSet<PacketId>,
+    next_id: PacketId,
+    pub(crate) dropped: u64,
+}
+
+/// Outcome of offering a message to a full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    Yes,
+    /// Queued after dropping an older QoS 0 message.
+    DisplacedOldest,
+    /// Not queued.
+    Dropped,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: MqttString, persistent: bool) -> Self {
+        Self {
+            client_id,
+            persistent,
+            conn: None,
+            subscriptions: BTreeMap::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            awaiting_release: BTreeSet::new(),
+            next_id: PacketId::MIN,
+            dropped: 0,
+        }
+    }
+
+    /// A packet identifier not used by any in-flight message ([MQTT-2.3.1-2], [MQTT-2.3.1-4]).
+    /// The caller ensures the window is smaller than 65,535 so one exists.
+    pub(crate) fn allocate_id(&mut self) -> PacketId {
+        loop {
+            let id = self.next_id;
+            self.next_id = id.next();
+            if !self.inflight.iter().any(|f| f.id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Appends to the queue, applying the limits and overflow policy.
+    pub(crate) fn enqueue(
+        &mut self,
+        delivery: Delivery,
+        max_messages: usize,
+        max_bytes: usize,
+        drop_oldest_qos0: bool,
+    ) -> Enqueued {
+        let size = delivery.message.payload.len();
+        let fits = |s: &Self| s.queue.len() < max_messages && s.queued_bytes + size <= max_bytes;
+        let mut outcome = Enqueued::Yes;
+        if !fits(self) {
+            if !drop_oldest_qos0 || size > max_bytes {
+                self.dropped += 1;
+                return Enqueued::Dropped;
+            }
+            while !fits(self) {
+                let Some(at) = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) else {
+                    self.dropped += 1;
+                    return Enqueued::Dropped;
+                };
+                if let Some(old) = self.queue.remove(at) {
+                    self.queued_bytes -= old.message.payload.len();
+                    self.dropped += 1;
+                    outcome = Enqueued::DisplacedOldest;
+                }
+            }
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(delivery);
+        outcome
+    }
+
+    pub(crate) fn pop_queue(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes -= d.message.payload.len();
+        Some(d)
+    }
+
+    pub(crate) fn inflight_position(&self, id: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|f| f.id == id)
+    }
+}

@@ -1,0 +1,461 @@
+//! Encoding: every check and the whole size are computed first ([`Packet::encoded_len`]), then
+//! the bytes are written in one pass that cannot fail, so a refused packet leaves nothing behind.
+//!
+//! For versions before 5.0 the 5.0-only fields (properties, reason codes other than the 3.x
+//! return codes) are left out. Never: write part of a packet.
+
+use bytes::BufMut;
+
+use super::EncodeError;
+use super::packet::{Connect, Packet, PacketType, ProtocolVersion, Publish, QoS};
+use super::properties::{Properties, PropertyContext};
+use super::reason::{PubAckReason, PubRelReason, SubAckReason};
+use super::wire::{self, MAX_VAR_INT};
+
+/// Sizes worked out by the checking pass and used by the writing pass.
+#[derive(Debug, Clone, Copy, Default)]
+struct Plan {
+    remaining: usize,
+    properties: usize,
+    will_properties: usize,
+}
+
+impl Packet {
+    /// The whole packet size in bytes for `version`, after every check the encoder makes.
+    pub fn encoded_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let plan = plan(self, version)?;
+        Ok(total_len(plan.remaining))
+    }
+
+    /// Appends the packet to `out` and returns the bytes written. On error nothing is written.
+    /// A CONNECT is encoded in its own `protocol` version; other packets in `version`.
+    pub fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut impl BufMut,
+    ) -> Result<usize, EncodeError> {
+        if let Packet::Publish(publish) = self {
+            // The hot path of a broker: no general plan, no dispatch.
+            return publish.encode(version, out);
+        }
+        let plan = plan(self, version)?;
+        let total = total_len(plan.remaining);
+        if out.remaining_mut() < total {
+            return Err(EncodeError::PacketTooLarge {
+                size: total,
+                max: out.remaining_mut(),
+            });
+        }
+        write(self, version, plan, out);
+        Ok(total)
+    }
+}
+
+impl Publish {
+    /// Encodes this PUBLISH (what [`Packet::encode`] does for it). On error nothing is written.
+    pub fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut impl BufMut,
+    ) -> Result<usize, EncodeError> {
+        let (props_body, remaining) = plan_publish(self, version.is_v5())?;
+        let total = total_len(remaining);
+        if out.remaining_mut() < total {
+            return Err(EncodeError::PacketTooLarge {
+                size: total,
+                max: out.remaining_mut(),
+            });
+        }
+        self.write_head(version.is_v5(), props_body, remaining, out);
+        out.put_slice(&self.payload);
+        Ok(total)
+    }
+
+    /// Zero-copy encoding: writes everything but the payload (fixed header, topic, packet
+    /// identifier, properties) and returns the whole packet's size. The packet on the wire is
+    /// these bytes followed by [`Publish::payload`], which the caller sends as it is (e.g. in a
+    /// vectored write), so one payload serves every subscriber of a fan-out without a copy.
+    /// On error nothing is written.
+    pub fn encode_head(
+        &self,
+        version: ProtocolVersion,
+        out: &mut impl BufMut,
+    ) -> Result<usize, EncodeError> {
+        let (props_body, remaining) = plan_publish(self, version.is_v5())?;
+        let total = total_len(remaining);
+        let head = total - self.payload.len();
+        if out.remaining_mut() < head {
+            return Err(EncodeError::PacketTooLarge {
+                size: head,
+                max: out.remaining_mut(),
+            });
+        }
+        self.write_head(version.is_v5(), props_body, remaining, out);
+        Ok(total)
+    }
+
+    fn write_head(&self, v5: bool, props_body: usize, remaining: usize, out: &mut impl BufMut) {
+        let first =
+            0x30 | (u8::from(self.dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain);
+        let topic = self.topic.as_mqtt_string().as_bytes();
+        let remaining = u32::try_from(remaining).unwrap_or(MAX_VAR_INT);
+        if remaining < 128 {
+            // The common small packet: first byte, length and topic length in one write.
+            let len = u16::try_from(topic.len()).unwrap_or(u16::MAX).to_be_bytes();
+            // Truncation cannot happen: `remaining` < 128.
+            out.put_slice(&[first, remaining as u8, len[0], len[1]]);
+            out.put_slice(topic);
+        } else {
+            out.put_u8(first);
+            wire::put_var_int(out, remaining);
+            wire::put_binary(out, topic);
+        }
+        if let Some(id) = self.packet_id {
+            out.put_u16(id.get());
+        }
+        write_props(&self.properties, props_body, v5, out);
+    }
+}
+
+fn total_len(remaining: usize) -> usize {
+    1 + wire::var_int_len(u32::try_from(remaining).unwrap_or(MAX_VAR_INT)) + remaining
+}
+
+/// Property bytes for `props` in `context` (0 before 5.0, where they are left out).
+fn props_len(
+    props: &Properties,
+    v5: bool,
+    context: PropertyContext,
+) -> Result<(usize, usize), EncodeError> {
+    if !v5 {
+        return Ok((0, 0));
+    }
+    let body = props.checked_body_len(context)?;
+    Ok((body, Properties::wire_len(body)))
+}
+
+fn binary_len(len: usize) -> Result<usize, EncodeError> {
+    if len > usize::from(u16::MAX) {
+        return Err(EncodeError::BinaryTooLong);
+    }
+    Ok(wire::prefixed_len(len))
+}
+
+/// Length of the optional "reason code, properties" tail of 5.0 acknowledgements, DISCONNECT
+/// and AUTH: left out entirely when the reason is 0 and there are no properties.
+fn ack_tail_len(
+    reason_is_zero: bool,
+    props: &Properties,
+    v5: bool,
+    context: PropertyContext,
+) -> Result<(usize, usize), EncodeError> {
+    if !v5 {
+        return Ok((0, 0));
+    }
+    let (body, wire_len) = props_len(props, v5, context)?;
+    Ok(match (reason_is_zero, props.is_empty()) {
+        (true, true) => (0, 0),
+        (_, true) => (body, 1),
+        (_, false) => (body, 1 + wire_len),
+    })
+}
+
+fn plan(packet: &Packet, version: ProtocolVersion) -> Result<Plan, EncodeError> {
+    let v5 = version.is_v5();
+    let mut plan = Plan::default();
+    let remaining = match packet {
+        Packet::Connect(c) => return plan_connect(c),
+        Packet::ConnAck(c) => {
+            let (body, wire_len) = props_len(&c.properties, v5, PropertyContext::ConnAck)?;
+            plan.properties = body;
+            2 + wire_len
+        }
+        Packet::Publish(p) => {
+            let (body, wire_len) = plan_publish(p, v5)?;
+            plan.properties = body;
+            wire_len
+        }
+        Packet::PubAck(a) | Packet::PubRec(a) => {
+            let context = if matches!(packet, Packet::PubAck(_)) {
+                PropertyContext::PubAck
+            } else {
+                PropertyContext::PubRec
+            };
+            let zero = a.reason == PubAckReason::Success;
+            let (body, tail) = ack_tail_len(zero, &a.properties, v5, context)?;
+            plan.properties = body;
+            2 + tail
+        }
+        Packet::PubRel(a) | Packet::PubComp(a) => {
+            let context = if matches!(packet, Packet::PubRel(_)) {
+                PropertyContext::PubRel
+            } else {
+                PropertyContext::PubComp
+            };
+            let zero = a.reason == PubRelReason::Success;
+            let (body, tail) = ack_tail_len(zero, &a.properties, v5, context)?;
+            plan.properties = body;
+            2 + tail
+        }
+        Packet::Subscribe(s) => {
+            if s.filters.is_empty() {
+                return Err(EncodeError::EmptyList);
+            }
+            let (body, wire_len) = props_len(&s.properties, v5, PropertyContext::Subscribe)?;
+            plan.properties = body;
+            let mut len = 2 + wire_len;
+            for (filter, options) in &s.filters {
+                if v5 && options.no_local && filter.shared().is_some() {
+                    return Err(EncodeError::NoLocalOnSharedSubscription);
+                }
+                len += wire::prefixed_len(filter.as_mqtt_string().len()) + 1;
+            }
+            len
+        }
+        Packet::SubAck(s) => {
+            if s.reasons.is_empty() {
+                return Err(EncodeError::EmptyList);
+            }
+            let (body, wire_len) = props_len(&s.properties, v5, PropertyContext::SubAck)?;
+            plan.properties = body;
+            2 + wire_len + s.reasons.len()
+        }
+        Packet::Unsubscribe(u) => {
+            if u.filters.is_empty() {
+                return Err(EncodeError::EmptyList);
+            }
+            let (body, wire_len) = props_len(&u.properties, v5, PropertyContext::Unsubscribe)?;
+            plan.properties = body;
+            2 + wire_len
+                + u.filters
+                    .iter()
+                    .map(|f| wire::prefixed_len(f.as_mqtt_string().len()))
+                    .sum::<usize>()
+        }
+        Packet::UnsubAck(u) => {
+            let (body, wire_len) = props_len(&u.properties, v5, PropertyContext::UnsubAck)?;
+            plan.properties = body;
+            if v5 {
+                2 + wire_len + u.reasons.len()
+            } else {
+                2
+            }
+        }
+        Packet::PingReq | Packet::PingResp => 0,
+        Packet::Disconnect(d) => {
+            let zero = d.reason.code() == 0;
+            let (body, tail) = ack_tail_len(zero, &d.properties, v5, PropertyContext::Disconnect)?;
+            plan.properties = body;
+            tail
+        }
+        Packet::Auth(a) => {
+            if !v5 {
+                return Err(EncodeError::PacketNotInVersion {
+                    packet_type: PacketType::Auth,
+                });
+            }
+            let zero = a.reason.code() == 0;
+            let (body, tail) = ack_tail_len(zero, &a.properties, v5, PropertyContext::Auth)?;
+            plan.properties = body;
+            tail
+        }
+    };
+    plan.remaining = remaining;
+    check_remaining(plan)
+}
+
+fn check_remaining(plan: Plan) -> Result<Plan, EncodeError> {
+    if plan.remaining > MAX_VAR_INT as usize {
+        return Err(EncodeError::PacketTooLarge {
+            size: total_len(plan.remaining),
+            max: total_len(MAX_VAR_INT as usize),
+        });
+    }
+    Ok(plan)
+}
+
+fn plan_connect(c: &Connect) -> Result<Plan, EncodeError> {
+    let v5 = c.protocol.is_v5();
+    let mut plan = Plan::default();
+    let (body, wire_len) = props_len(&c.properties, v5, PropertyContext::Connect)?;
+    plan.properties = body;
+    let mut len = wire::prefixed_len(c.protocol.protocol_name().len()) + 1 + 1 + 2 + wire_len;
+    len += wire::prefixed_len(c.client_id.len());
+    if let Some(will) = &c.will {
+        if will.topic.is_empty() {
+            return Err(EncodeError::EmptyTopicName);
+        }
+        let (body, wire_len) = props_len(&will.properties, v5, PropertyContext::Will)?;
+        plan.will_properties = body;
+        len += wire_len + wire::prefixed_len(will.topic.as_mqtt_string().len());
+        len += binary_len(will.payload.len())?;
+    }
+    if let Some(username) = &c.username {
+        len += wire::prefixed_len(username.len());
+    }
+    if let Some(password) = &c.password {
+        if !v5 && c.username.is_none() {
+            // 3.1.1 [MQTT-3.1.2-22]
+            return Err(EncodeError::PasswordWithoutUsername);
+        }
+        len += binary_len(password.len())?;
+    }
+    plan.remaining = len;
+    check_remaining(plan)
+}
+
+fn plan_publish(p: &Publish, v5: bool) -> Result<(usize, usize), EncodeError> {
+    if (p.qos == QoS::AtMostOnce) != p.packet_id.is_none() {
+        return Err(EncodeError::PacketIdMismatch);
+    }
+    if p.qos == QoS::AtMostOnce && p.dup {
+        return Err(EncodeError::DupOnQoS0);
+    }
+    if p.topic.is_empty() && !(v5 && p.properties.topic_alias().is_some()) {
+        return Err(EncodeError::EmptyTopicName);
+    }
+    let (body, wire_len) = props_len(&p.properties, v5, PropertyContext::Publish)?;
+    let id_len = if p.packet_id.is_some() { 2 } else { 0 };
+    let len =
+        wire::prefixed_len(p.topic.as_mqtt_string().len()) + id_len + wire_len + p.payload.len();
+    Ok((body, len))
+}
+
+fn first_byte(packet: &Packet) -> u8 {
+    let packet_type = packet.packet_type();
+    let flags = match packet {
+        Packet::Publish(p) => (u8::from(p.dup) << 3) | (p.qos.as_u8() << 1) | u8::from(p.retain),
+        _ => packet_type.required_flags().unwrap_or(0),
+    };
+    ((packet_type as u8) << 4) | flags
+}
+
+fn write_props(props: &Properties, body_len: usize, v5: bool, out: &mut impl BufMut) {
+    if v5 {
+        props.write(body_len, out);
+    }
+}
+
+/// Writes the "reason code, properties" tail sized by [`ack_tail_len`].
+fn write_ack_tail(code: u8, props: &Properties, body_len: usize, v5: bool, out: &mut impl BufMut) {
+    if !v5 || (code == 0 && props.is_empty()) {
+        return;
+    }
+    out.put_u8(code);
+    if !props.is_empty() {
+        props.write(body_len, out);
+    }
+}
+
+fn write(packet: &Packet, version: ProtocolVersion, plan: Plan, out: &mut impl BufMut) {
+    let v5 = version.is_v5();
+    out.put_u8(first_byte(packet));
+    wire::put_var_int(out, u32::try_from(plan.remaining).unwrap_or(MAX_VAR_INT));
+    match packet {
+        Packet::Connect(c) => write_connect(c, plan, out),
+        Packet::ConnAck(c) => {
+            out.put_u8(u8::from(c.session_present));
+            out.put_u8(if v5 {
+                c.reason.code()
+            } else {
+                c.reason.to_v3_return_code()
+            });
+            write_props(&c.properties, plan.properties, v5, out);
+        }
+        // Encoded by `Publish::encode`; kept here so that `write` stays total.
+        Packet::Publish(p) => {
+            wire::put_binary(out, p.topic.as_mqtt_string().as_bytes());
+            if let Some(id) = p.packet_id {
+                out.put_u16(id.get());
+            }
+            write_props(&p.properties, plan.properties, v5, out);
+            out.put_slice(&p.payload);
+        }
+        Packet::PubAck(a) | Packet::PubRec(a) => {
+            out.put_u16(a.packet_id.get());
+            write_ack_tail(a.reason.code(), &a.properties, plan.properties, v5, out);
+        }
+        Packet::PubRel(a) | Packet::PubComp(a) => {
+            out.put_u16(a.packet_id.get());
+            write_ack_tail(a.reason.code(), &a.properties, plan.properties, v5, out);
+        }
+        Packet::Subscribe(s) => {
+            out.put_u16(s.packet_id.get());
+            write_props(&s.properties, plan.properties, v5, out);
+            for (filter, o) in &s.filters {
+                wire::put_binary(out, filter.as_mqtt_string().as_bytes());
+                let mut byte = o.qos.as_u8();
+                if v5 {
+                    byte |= (u8::from(o.no_local) << 2)
+                        | (u8::from(o.retain_as_published) << 3)
+                        | ((o.retain_handling as u8) << 4);
+                }
+                out.put_u8(byte);
+            }
+        }
+        Packet::SubAck(s) => {
+            out.put_u16(s.packet_id.get());
+            write_props(&s.properties, plan.properties, v5, out);
+            for reason in &s.reasons {
+                out.put_u8(match reason {
+                    _ if v5 => reason.code(),
+                    SubAckReason::GrantedQoS0
+                    | SubAckReason::GrantedQoS1
+                    | SubAckReason::GrantedQoS2 => reason.code(),
+                    // 3.x has one failure code.
+                    _ => SubAckReason::UnspecifiedError.code(),
+                });
+            }
+        }
+        Packet::Unsubscribe(u) => {
+            out.put_u16(u.packet_id.get());
+            write_props(&u.properties, plan.properties, v5, out);
+            for filter in &u.filters {
+                wire::put_binary(out, filter.as_mqtt_string().as_bytes());
+            }
+        }
+        Packet::UnsubAck(u) => {
+            out.put_u16(u.packet_id.get());
+            if v5 {
+                u.properties.write(plan.properties, out);
+                for reason in &u.reasons {
+                    out.put_u8(reason.code());
+                }
+            }
+        }
+        Packet::PingReq | Packet::PingResp => {}
+        Packet::Disconnect(d) => {
+            write_ack_tail(d.reason.code(), &d.properties, plan.properties, v5, out);
+        }
+        Packet::Auth(a) => {
+            write_ack_tail(a.reason.code(), &a.properties, plan.properties, v5, out);
+        }
+    }
+}
+
+fn write_connect(c: &Connect, plan: Plan, out: &mut impl BufMut) {
+    let v5 = c.protocol.is_v5();
+    wire::put_binary(out, c.protocol.protocol_name().as_bytes());
+    out.put_u8(c.protocol.level());
+    let mut flags = u8::from(c.clean_start) << 1;
+    if let Some(will) = &c.will {
+        flags |= 0b100 | (will.qos.as_u8() << 3) | (u8::from(will.retain) << 5);
+    }
+    flags |= u8::from(c.password.is_some()) << 6;
+    flags |= u8::from(c.username.is_some()) << 7;
+    out.put_u8(flags);
+    out.put_u16(c.keep_alive);
+    write_props(&c.properties, plan.properties, v5, out);
+    wire::put_binary(out, c.client_id.as_bytes());
+    if let Some(will) = &c.will {
+        write_props(&will.properties, plan.will_properties, v5, out);
+        wire::put_binary(out, will.topic.as_mqtt_string().as_bytes());
+        wire::put_binary(out, &will.payload);
+    }
+    if let Some(username) = &c.username {
+        wire::put_binary(out, username.as_bytes());
+    }
+    if let Some(password) = &c.password {
+        wire::put_binary(out, password);
+    }
+}

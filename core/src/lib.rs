@@ -1,0 +1,23 @@
+//! # surgemq-core
+//!
+//! The sans-IO heart of SurgeMQ: everything that decides, nothing that does I/O.
+//! This crate never opens a socket, reads a clock, spawns, sleeps, locks or touches a file;
+//! callers hand it bytes and time, and carry out what it returns.
+//!
+//! - [`codec`]: one packet model for MQTT 3.1, 3.1.1 and 5.0; incremental decoding and encoding.
+//! - [`topic`]: validated topic names and filters, shared subscriptions and the subscription trie.
+//! - [`string`]: the UTF-8 string type every MQTT string field uses.
+//! - [`broker`]: the broker state machine (inputs in, outputs out, time passed in).
+//! - [`time`]: the core's [`time::Instant`], driven by the caller.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod broker;
+pub mod codec;
+pub mod string;
+pub mod time;
+pub mod topic;

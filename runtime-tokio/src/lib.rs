@@ -1,0 +1,36 @@
+//! # surgemq-tokio
+//!
+//! The SurgeMQ broker on tokio: listeners (TCP and TLS through tokio-rustls), one task per
+//! connection moving bytes, and one task owning the sans-IO [`Broker`] state machine.
+//!
+//! ```no_run
+//! use surgemq_core::broker::BrokerConfig;
+//! use surgemq_tokio::{Listener, Server};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let server = Server::new(BrokerConfig::default(), vec![Listener::tcp("127.0.0.1:1883".parse().unwrap())]);
+//! let bound = server.bind().await?;
+//! let shutdown = bound.shutdown_handle();
+//! tokio::spawn(async move {
+//!     tokio::signal::ctrl_c().await.ok();
+//!     shutdown.shutdown();
+//! });
+//! bound.run().await
+//! # }
+//! ```
+//!
+//! Shape (see the project's DESIGN.md, "Adapter loop"): connection tasks read sockets and
+//! send what they read to the broker task over a bounded channel; the broker task feeds it to
+//! the core, drains the core's outputs, and hands each connection its batch of bytes (one write
+//! for everything ready). `TCP_NODELAY` is on. Never: protocol decisions here — the core makes
+//! them all.
+#![forbid(unsafe_code)]
+
+mod conn;
+mod hub;
+mod server;
+
+pub use server::{BoundServer, Listener, Server, ShutdownHandle};
+pub use surgemq_core::broker::{AuthRequest, AuthVerdict, Authenticator, BrokerConfig};
+/// The rustls crate this adapter's TLS listeners use.
+pub use tokio_rustls::rustls;
