@@ -27,6 +27,7 @@ mod connection;
 mod io;
 mod router;
 mod session;
+mod slab;
 mod sys;
 
 use alloc::boxed::Box;
@@ -49,14 +50,15 @@ pub use io::{
 
 use crate::codec::{
     ConnAck, Connect, ConnectReason, DecodeError, Packet, PacketId, Properties, ProtocolVersion,
-    PubAck, PubRel, Publish, QoS, SubAck, SubAckReason, Subscribe, UnsubAck, Unsubscribe,
-    decode_buf,
+    PubAck, PubRel, Publish, PublishView, QoS, SubAck, SubAckReason, Subscribe, UnsubAck,
+    Unsubscribe, decode_buf,
 };
 use crate::string::MqttString;
 use crate::time::Instant;
 use connection::{Connection, Phase};
 use router::Router;
 use session::{Delivery, Enqueued, Inflight, InflightState, Message, Session, SessionKey};
+use slab::Slab;
 use sys::Stats;
 
 /// Misuse of the broker's API by its caller (never caused by a peer).
@@ -98,10 +100,8 @@ pub struct Broker {
     config: BrokerConfig,
     now: Instant,
     started_at: Instant,
-    next_conn: u64,
-    next_session: u64,
-    conns: BTreeMap<ConnId, Connection>,
-    sessions: BTreeMap<SessionKey, Session>,
+    conns: Slab<Connection>,
+    sessions: Slab<Session>,
     by_client_id: BTreeMap<MqttString, SessionKey>,
     router: Router,
     outputs: VecDeque<Output>,
@@ -133,10 +133,8 @@ impl Broker {
             config,
             now,
             started_at: now,
-            next_conn: 1,
-            next_session: 1,
-            conns: BTreeMap::new(),
-            sessions: BTreeMap::new(),
+            conns: Slab::new(),
+            sessions: Slab::new(),
             by_client_id: BTreeMap::new(),
             outputs: VecDeque::new(),
             dirty: Vec::new(),
@@ -180,13 +178,13 @@ impl Broker {
     /// Messages queued (not in flight) for a client's session.
     pub fn queued_messages(&self, client_id: &str) -> Option<usize> {
         let key = self.by_client_id.get(client_id)?;
-        self.sessions.get(key).map(|s| s.queue.len())
+        self.sessions.get(key.0).map(|s| s.queue.len())
     }
 
     /// Outgoing QoS 1/2 messages awaiting acknowledgement for a client's session.
     pub fn inflight_messages(&self, client_id: &str) -> Option<usize> {
         let key = self.by_client_id.get(client_id)?;
-        self.sessions.get(key).map(|s| s.inflight.len())
+        self.sessions.get(key.0).map(|s| s.inflight.len())
     }
 
     // ---- commands -----------------------------------------------------------------------
@@ -207,11 +205,9 @@ impl Broker {
         identity: Option<MqttString>,
     ) -> ConnId {
         self.advance(now);
-        let id = ConnId(self.next_conn);
-        self.next_conn += 1;
         let mut connection = Connection::new(peer, self.now);
         connection.identity = identity;
-        self.conns.insert(id, connection);
+        let id = ConnId(self.conns.insert(connection));
         self.schedule(id);
         id
     }
@@ -221,7 +217,7 @@ impl Broker {
     /// pending. Persistent sessions stay, offline. New connections may still be opened after.
     pub fn shutdown(&mut self, now: Instant) {
         self.advance(now);
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        let conns: Vec<ConnId> = self.conns.keys().map(ConnId).collect();
         for conn in conns {
             self.end_connection(conn, DisconnectCause::ServerShutdown, true);
         }
@@ -237,7 +233,7 @@ impl Broker {
             Input::Flushed { conn, bytes } => self.handle_flushed(conn, bytes),
             Input::Closed { conn } => {
                 self.check_known(conn)?;
-                if self.conns.contains_key(&conn) {
+                if self.conns.contains(conn.0) {
                     self.end_connection(conn, DisconnectCause::ConnectionLost, false);
                 }
                 Ok(())
@@ -285,7 +281,7 @@ impl Broker {
     }
 
     fn check_known(&self, conn: ConnId) -> Result<(), UsageError> {
-        if conn.0 == 0 || conn.0 >= self.next_conn {
+        if !self.conns.was_issued(conn.0) {
             Err(UsageError::UnknownConnection(conn))
         } else {
             Ok(())
@@ -294,7 +290,7 @@ impl Broker {
 
     /// Takes a connection's pending batch, counting it as unflushed.
     fn take_batch(&mut self, conn: ConnId) -> Option<Bytes> {
-        let c = self.conns.get_mut(&conn)?;
+        let c = self.conns.get_mut(conn.0)?;
         c.dirty = false;
         if c.out.is_empty() {
             return None;
@@ -307,7 +303,7 @@ impl Broker {
 
     /// Encodes `packet` into the connection's batch.
     fn send(&mut self, conn: ConnId, packet: &Packet) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn.0) else {
             return;
         };
         // Our own packets always fit the 3.x / 5.0 limits; an encode error would be a bug, and
@@ -349,7 +345,7 @@ impl Broker {
             Phase::Connected => {
                 let keep_alive = c.keep_alive_limit.map(|limit| c.last_received + limit);
                 let retry = self.config.retry_interval.and_then(|interval| {
-                    let session = self.sessions.get(&c.session?)?;
+                    let session = self.sessions.get(c.session?.0)?;
                     session.inflight.front().map(|f| f.sent_at + interval)
                 });
                 match (keep_alive, retry) {
@@ -361,14 +357,14 @@ impl Broker {
     }
 
     fn schedule(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get(conn.0) else {
             return;
         };
         let Some(deadline) = self.conn_deadline(c) else {
             return;
         };
         if c.timer_at.is_none_or(|at| deadline < at) {
-            if let Some(c) = self.conns.get_mut(&conn) {
+            if let Some(c) = self.conns.get_mut(conn.0) {
                 c.timer_at = Some(deadline);
             }
             self.timers.push(Reverse((deadline, Timer::Conn(conn))));
@@ -394,7 +390,7 @@ impl Broker {
     }
 
     fn connection_timer(&mut self, conn: ConnId, at: Instant) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn.0) else {
             return;
         };
         if c.timer_at != Some(at) {
@@ -430,7 +426,7 @@ impl Broker {
     fn handle_received(&mut self, conn: ConnId, data: &[u8]) -> Result<(), UsageError> {
         self.check_known(conn)?;
         self.stats.bytes_received += data.len() as u64;
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn.0) else {
             return Ok(()); // Closed already: [MQTT-3.1.4-5] nothing more is processed.
         };
         c.recv.extend_from_slice(data);
@@ -441,7 +437,7 @@ impl Broker {
     /// Decodes and handles every complete packet buffered on the connection.
     fn process_buffer(&mut self, conn: ConnId) {
         loop {
-            let Some(c) = self.conns.get_mut(&conn) else {
+            let Some(c) = self.conns.get_mut(conn.0) else {
                 return;
             };
             if matches!(c.phase, Phase::Authenticating(_)) {
@@ -464,7 +460,7 @@ impl Broker {
     fn decode_failed(&mut self, conn: ConnId, error: DecodeError) {
         let awaiting_connect = self
             .conns
-            .get(&conn)
+            .get(conn.0)
             .is_some_and(|c| matches!(c.phase, Phase::AwaitingConnect));
         if awaiting_connect && let DecodeError::UnsupportedProtocolVersion { .. } = error {
             // 3.1.1 [MQTT-3.1.2-2]: CONNACK 0x01, then close. Answered in 3.1.1 form.
@@ -500,12 +496,12 @@ impl Broker {
             self.flush_to_outputs(conn);
             self.outputs.push_back(Output::Close { conn });
         }
-        let Some(mut c) = self.conns.remove(&conn) else {
+        let Some(mut c) = self.conns.remove(conn.0) else {
             return;
         };
         let client_id = c
             .session
-            .and_then(|k| self.sessions.get(&k))
+            .and_then(|k| self.sessions.get(k.0))
             .map(|s| s.client_id.clone());
         if let Some(will) = c.will.take() {
             // 3.1.1 [MQTT-3.1.2-8]: published when the connection ends without DISCONNECT.
@@ -533,7 +529,7 @@ impl Broker {
 
     /// A connection left its session: a persistent session stays (offline); a clean one ends.
     fn detach_session(&mut self, key: SessionKey, conn: ConnId) {
-        let Some(session) = self.sessions.get_mut(&key) else {
+        let Some(session) = self.sessions.get_mut(key.0) else {
             return;
         };
         if session.conn != Some(conn) {
@@ -546,7 +542,7 @@ impl Broker {
     }
 
     fn discard_session(&mut self, key: SessionKey) {
-        let Some(session) = self.sessions.remove(&key) else {
+        let Some(session) = self.sessions.remove(key.0) else {
             return;
         };
         for filter in session.subscriptions.keys() {
@@ -559,7 +555,7 @@ impl Broker {
 
     fn handle_flushed(&mut self, conn: ConnId, bytes: usize) -> Result<(), UsageError> {
         self.check_known(conn)?;
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn.0) else {
             return Ok(());
         };
         if bytes > c.unflushed {
@@ -575,7 +571,7 @@ impl Broker {
     // ---- internals: packets -------------------------------------------------------------
 
     fn handle_packet(&mut self, conn: ConnId, packet: Packet) {
-        let connected = self.conns.get(&conn).is_some_and(Connection::is_connected);
+        let connected = self.conns.get(conn.0).is_some_and(Connection::is_connected);
         if !connected {
             match packet {
                 Packet::Connect(connect) => self.handle_connect(conn, connect),
@@ -598,7 +594,7 @@ impl Broker {
             Packet::PingReq => self.send(conn, &Packet::PingResp),
             Packet::Disconnect(_) => {
                 // 3.1.1 [MQTT-3.14.4-3]: the Will is discarded, not published.
-                if let Some(c) = self.conns.get_mut(&conn) {
+                if let Some(c) = self.conns.get_mut(conn.0) {
                     c.will = None;
                 }
                 self.end_connection(conn, DisconnectCause::ClientDisconnect, true);
@@ -612,7 +608,7 @@ impl Broker {
     }
 
     fn handle_connect(&mut self, conn: ConnId, mut connect: Box<Connect>) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn.0) else {
             return;
         };
         c.version = connect.protocol;
@@ -666,7 +662,7 @@ impl Broker {
                     username: connect.username.clone(),
                     password: connect.password.clone(),
                 };
-                if let Some(c) = self.conns.get_mut(&conn) {
+                if let Some(c) = self.conns.get_mut(conn.0) {
                     c.phase = Phase::Authenticating(connect);
                 }
                 self.outputs.push_back(Output::Authenticate(request));
@@ -675,7 +671,7 @@ impl Broker {
     }
 
     fn handle_auth_done(&mut self, conn: ConnId, verdict: AuthVerdict) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn.0) else {
             return;
         };
         let Phase::Authenticating(_) = c.phase else {
@@ -707,7 +703,7 @@ impl Broker {
         } = *connect;
         // 3.1.1 [MQTT-3.1.4-2]: an existing connection with this identifier is closed.
         if let Some(&key) = self.by_client_id.get(&client_id)
-            && let Some(old) = self.sessions.get(&key).and_then(|s| s.conn)
+            && let Some(old) = self.sessions.get(key.0).and_then(|s| s.conn)
             && old != conn
         {
             self.end_connection(old, DisconnectCause::TakenOver, true);
@@ -720,16 +716,16 @@ impl Broker {
             // 3.1.1 [MQTT-3.1.2-4] [MQTT-3.2.2-2]: resume the stored session.
             Some(&key) => (key, true),
             None => {
-                let key = SessionKey(self.next_session);
-                self.next_session += 1;
-                self.sessions
-                    .insert(key, Session::new(client_id.clone(), !clean_start));
+                let key = SessionKey(
+                    self.sessions
+                        .insert(Session::new(client_id.clone(), !clean_start)),
+                );
                 self.by_client_id.insert(client_id.clone(), key);
                 // 3.1.1 [MQTT-3.2.2-1] [MQTT-3.2.2-3]
                 (key, false)
             }
         };
-        if let Some(session) = self.sessions.get_mut(&key) {
+        if let Some(session) = self.sessions.get_mut(key.0) {
             session.conn = Some(conn);
         }
         let keep_alive = match (keep_alive, self.config.max_keep_alive) {
@@ -737,7 +733,7 @@ impl Broker {
             (k, Some(max)) if max > 0 => Some(k.min(max)),
             (k, _) => Some(k),
         };
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn.0) else {
             return;
         };
         c.phase = Phase::Connected;
@@ -772,7 +768,7 @@ impl Broker {
     // ---- internals: publish flows -------------------------------------------------------
 
     fn session_of(&self, conn: ConnId) -> Option<SessionKey> {
-        self.conns.get(&conn).and_then(|c| c.session)
+        self.conns.get(conn.0).and_then(|c| c.session)
     }
 
     fn handle_publish(&mut self, conn: ConnId, publish: Publish) {
@@ -813,7 +809,7 @@ impl Broker {
                 self.send(conn, &Packet::PubAck(PubAck::success(id)));
             }
             (QoS::ExactlyOnce, Some(id)) => {
-                let Some(session) = self.sessions.get_mut(&key) else {
+                let Some(session) = self.sessions.get_mut(key.0) else {
                     return;
                 };
                 // 3.1.1 [MQTT-4.3.3-2]: a repeated PUBLISH before PUBREL is acknowledged
@@ -830,7 +826,7 @@ impl Broker {
 
     fn handle_pubrel(&mut self, conn: ConnId, id: PacketId) {
         if let Some(key) = self.session_of(conn)
-            && let Some(session) = self.sessions.get_mut(&key)
+            && let Some(session) = self.sessions.get_mut(key.0)
         {
             session.awaiting_release.remove(&id);
         }
@@ -842,7 +838,7 @@ impl Broker {
         let Some(key) = self.session_of(conn) else {
             return;
         };
-        let Some(session) = self.sessions.get_mut(&key) else {
+        let Some(session) = self.sessions.get_mut(key.0) else {
             return;
         };
         if let Some(at) = session.inflight_position(id) {
@@ -861,7 +857,7 @@ impl Broker {
         let Some(key) = self.session_of(conn) else {
             return;
         };
-        let Some(session) = self.sessions.get_mut(&key) else {
+        let Some(session) = self.sessions.get_mut(key.0) else {
             return;
         };
         if let Some(f) = session.inflight.iter_mut().find(|f| f.id == id)
@@ -879,7 +875,7 @@ impl Broker {
         let Some(key) = self.session_of(conn) else {
             return;
         };
-        let Some(session) = self.sessions.get_mut(&key) else {
+        let Some(session) = self.sessions.get_mut(key.0) else {
             return;
         };
         if let Some(at) = session.inflight_position(id) {
@@ -924,18 +920,18 @@ impl Broker {
     /// Sends a message to a session now if its connection and window allow, else queues it
     /// (offline QoS 0 only if configured).
     fn deliver(&mut self, key: SessionKey, delivery: Delivery) {
-        let Some(session) = self.sessions.get_mut(&key) else {
+        let Some(session) = self.sessions.get_mut(key.0) else {
             return;
         };
         let online = session
             .conn
-            .filter(|c| self.conns.get(c).is_some_and(Connection::is_connected));
+            .filter(|c| self.conns.get(c.0).is_some_and(Connection::is_connected));
         if let Some(conn) = online {
             let window_open = delivery.qos == QoS::AtMostOnce
                 || session.inflight.len() < usize::from(self.config.max_inflight);
             let socket_ready = self
                 .conns
-                .get(&conn)
+                .get(conn.0)
                 .is_some_and(|c| c.backlog() < self.config.max_unflushed_bytes);
             // Anything already queued goes first: per-publisher order ([MQTT-4.6.0-6]).
             if window_open && socket_ready && session.queue.is_empty() {
@@ -949,7 +945,7 @@ impl Broker {
     }
 
     fn enqueue(&mut self, key: SessionKey, delivery: Delivery) {
-        let Some(session) = self.sessions.get_mut(&key) else {
+        let Some(session) = self.sessions.get_mut(key.0) else {
             return;
         };
         let outcome = session.enqueue(
@@ -973,7 +969,7 @@ impl Broker {
         let packet_id = if delivery.qos == QoS::AtMostOnce {
             None
         } else {
-            let Some(session) = self.sessions.get_mut(&key) else {
+            let Some(session) = self.sessions.get_mut(key.0) else {
                 return;
             };
             let id = session.allocate_id();
@@ -999,26 +995,31 @@ impl Broker {
         dup: bool,
     ) {
         self.stats.messages_sent += 1;
+        let Some(c) = self.conns.get_mut(conn.0) else {
+            return;
+        };
         let message = &delivery.message;
-        self.send(
-            conn,
-            &Packet::Publish(Publish {
-                // 3.1.1 [MQTT-3.3.1-1] [MQTT-3.3.1-2] [MQTT-3.3.1-3]: DUP only on a resend.
-                dup,
-                qos: delivery.qos,
-                retain: delivery.retain,
-                topic: message.topic.clone(),
-                packet_id,
-                properties: Properties::new(),
-                payload: message.payload.clone(),
-            }),
-        );
+        let view = PublishView {
+            // 3.1.1 [MQTT-3.3.1-1] [MQTT-3.3.1-2] [MQTT-3.3.1-3]: DUP only on a resend.
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: &message.topic,
+            packet_id,
+            properties: &message.properties,
+            payload: &message.payload,
+        };
+        // Encoded straight from the shared message: no per-subscriber clone of topic or payload.
+        if view.encode(c.version, &mut c.out).is_ok() && !c.dirty {
+            c.dirty = true;
+            self.dirty.push(conn);
+        }
     }
 
     /// Moves queued messages to the connection while the window and the socket have room.
     fn drain_queue(&mut self, key: SessionKey) {
         loop {
-            let Some(session) = self.sessions.get(&key) else {
+            let Some(session) = self.sessions.get(key.0) else {
                 return;
             };
             let Some(conn) = session.conn else {
@@ -1034,12 +1035,12 @@ impl Broker {
             }
             let ready = self
                 .conns
-                .get(&conn)
+                .get(conn.0)
                 .is_some_and(|c| c.is_connected() && c.backlog() < self.config.max_unflushed_bytes);
             if !ready {
                 return;
             }
-            let Some(delivery) = self.sessions.get_mut(&key).and_then(Session::pop_queue) else {
+            let Some(delivery) = self.sessions.get_mut(key.0).and_then(Session::pop_queue) else {
                 return;
             };
             self.transmit_delivery(key, conn, delivery);
@@ -1054,7 +1055,7 @@ impl Broker {
         conn: ConnId,
         which: impl Fn(&Inflight) -> bool,
     ) {
-        let Some(session) = self.sessions.get_mut(&key) else {
+        let Some(session) = self.sessions.get_mut(key.0) else {
             return;
         };
         let now = self.now;
@@ -1092,7 +1093,7 @@ impl Broker {
         let mut retained = Vec::new();
         // 3.1.1 [MQTT-3.8.4-4]: each filter is handled as if in its own SUBSCRIBE.
         for (filter, options) in subscribe.filters {
-            let Some(session) = self.sessions.get_mut(&key) else {
+            let Some(session) = self.sessions.get_mut(key.0) else {
                 return;
             };
             let replaces = session.subscriptions.contains_key(&filter);
@@ -1147,7 +1148,7 @@ impl Broker {
         // messages already queued or in flight are still delivered ([MQTT-3.10.4-3]).
         for filter in &unsubscribe.filters {
             self.router.unsubscribe(key, filter);
-            if let Some(session) = self.sessions.get_mut(&key) {
+            if let Some(session) = self.sessions.get_mut(key.0) {
                 session.subscriptions.remove(filter);
             }
         }

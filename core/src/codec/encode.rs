@@ -7,10 +7,11 @@
 use bytes::BufMut;
 
 use super::EncodeError;
-use super::packet::{Connect, Packet, PacketType, ProtocolVersion, Publish, QoS};
+use super::packet::{Connect, Packet, PacketId, PacketType, ProtocolVersion, Publish, QoS};
 use super::properties::{Properties, PropertyContext};
 use super::reason::{PubAckReason, PubRelReason, SubAckReason};
 use super::wire::{self, MAX_VAR_INT};
+use crate::topic::TopicName;
 
 /// Sizes worked out by the checking pass and used by the writing pass.
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,7 +59,61 @@ impl Publish {
         version: ProtocolVersion,
         out: &mut impl BufMut,
     ) -> Result<usize, EncodeError> {
-        let (props_body, remaining) = plan_publish(self, version.is_v5())?;
+        self.view().encode(version, out)
+    }
+
+    /// Zero-copy encoding: see [`PublishView::encode_head`].
+    pub fn encode_head(
+        &self,
+        version: ProtocolVersion,
+        out: &mut impl BufMut,
+    ) -> Result<usize, EncodeError> {
+        self.view().encode_head(version, out)
+    }
+
+    /// This PUBLISH as a borrowed view.
+    pub fn view(&self) -> PublishView<'_> {
+        PublishView {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            properties: &self.properties,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// A PUBLISH assembled from borrowed parts, so that a broker can encode one message for many
+/// subscribers (each with its own packet identifier, DUP and RETAIN) without building a
+/// [`Publish`] — and without touching the reference counts of the topic and payload — for each.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishView<'a> {
+    /// Redelivery flag; always false at QoS 0.
+    pub dup: bool,
+    /// Delivery guarantee.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+    /// Topic.
+    pub topic: &'a TopicName,
+    /// Present exactly when QoS is 1 or 2.
+    pub packet_id: Option<PacketId>,
+    /// 5.0 properties (left out before 5.0).
+    pub properties: &'a Properties,
+    /// Application payload.
+    pub payload: &'a [u8],
+}
+
+impl PublishView<'_> {
+    /// Encodes the whole PUBLISH. On error nothing is written.
+    pub fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut impl BufMut,
+    ) -> Result<usize, EncodeError> {
+        let (props_body, remaining) = self.plan(version.is_v5())?;
         let total = total_len(remaining);
         if out.remaining_mut() < total {
             return Err(EncodeError::PacketTooLarge {
@@ -67,21 +122,22 @@ impl Publish {
             });
         }
         self.write_head(version.is_v5(), props_body, remaining, out);
-        out.put_slice(&self.payload);
+        out.put_slice(self.payload);
         Ok(total)
     }
 
     /// Zero-copy encoding: writes everything but the payload (fixed header, topic, packet
     /// identifier, properties) and returns the whole packet's size. The packet on the wire is
-    /// these bytes followed by [`Publish::payload`], which the caller sends as it is (e.g. in a
+    /// these bytes followed by the payload, which the caller sends as it is (e.g. in a
     /// vectored write), so one payload serves every subscriber of a fan-out without a copy.
+    /// Worth it for large payloads; below a few hundred bytes a copy is cheaper than sharing.
     /// On error nothing is written.
     pub fn encode_head(
         &self,
         version: ProtocolVersion,
         out: &mut impl BufMut,
     ) -> Result<usize, EncodeError> {
-        let (props_body, remaining) = plan_publish(self, version.is_v5())?;
+        let (props_body, remaining) = self.plan(version.is_v5())?;
         let total = total_len(remaining);
         let head = total - self.payload.len();
         if out.remaining_mut() < head {
@@ -94,6 +150,38 @@ impl Publish {
         Ok(total)
     }
 
+    /// The whole packet's size, after every check the encoder makes.
+    pub fn encoded_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        self.plan(version.is_v5())
+            .map(|(_, remaining)| total_len(remaining))
+    }
+
+    /// Checks the fields; returns the property list's body length and the Remaining Length.
+    fn plan(&self, v5: bool) -> Result<(usize, usize), EncodeError> {
+        if (self.qos == QoS::AtMostOnce) != self.packet_id.is_none() {
+            return Err(EncodeError::PacketIdMismatch);
+        }
+        if self.qos == QoS::AtMostOnce && self.dup {
+            return Err(EncodeError::DupOnQoS0);
+        }
+        if self.topic.is_empty() && !(v5 && self.properties.topic_alias().is_some()) {
+            return Err(EncodeError::EmptyTopicName);
+        }
+        let (body, wire_len) = props_len(self.properties, v5, PropertyContext::Publish)?;
+        let id_len = if self.packet_id.is_some() { 2 } else { 0 };
+        let len = wire::prefixed_len(self.topic.as_mqtt_string().len())
+            + id_len
+            + wire_len
+            + self.payload.len();
+        if len > MAX_VAR_INT as usize {
+            return Err(EncodeError::PacketTooLarge {
+                size: total_len(len),
+                max: total_len(MAX_VAR_INT as usize),
+            });
+        }
+        Ok((body, len))
+    }
+
     fn write_head(&self, v5: bool, props_body: usize, remaining: usize, out: &mut impl BufMut) {
         let first =
             0x30 | (u8::from(self.dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain);
@@ -102,7 +190,7 @@ impl Publish {
         if remaining < 128 {
             // The common small packet: first byte, length and topic length in one write.
             let len = u16::try_from(topic.len()).unwrap_or(u16::MAX).to_be_bytes();
-            // Truncation cannot happen: `remaining` < 128.
+            // No truncation: `remaining` < 128.
             out.put_slice(&[first, remaining as u8, len[0], len[1]]);
             out.put_slice(topic);
         } else {
@@ -113,7 +201,7 @@ impl Publish {
         if let Some(id) = self.packet_id {
             out.put_u16(id.get());
         }
-        write_props(&self.properties, props_body, v5, out);
+        write_props(self.properties, props_body, v5, out);
     }
 }
 
@@ -171,7 +259,7 @@ fn plan(packet: &Packet, version: ProtocolVersion) -> Result<Plan, EncodeError> 
             2 + wire_len
         }
         Packet::Publish(p) => {
-            let (body, wire_len) = plan_publish(p, v5)?;
+            let (body, wire_len) = p.view().plan(v5)?;
             plan.properties = body;
             wire_len
         }
@@ -302,23 +390,6 @@ fn plan_connect(c: &Connect) -> Result<Plan, EncodeError> {
     }
     plan.remaining = len;
     check_remaining(plan)
-}
-
-fn plan_publish(p: &Publish, v5: bool) -> Result<(usize, usize), EncodeError> {
-    if (p.qos == QoS::AtMostOnce) != p.packet_id.is_none() {
-        return Err(EncodeError::PacketIdMismatch);
-    }
-    if p.qos == QoS::AtMostOnce && p.dup {
-        return Err(EncodeError::DupOnQoS0);
-    }
-    if p.topic.is_empty() && !(v5 && p.properties.topic_alias().is_some()) {
-        return Err(EncodeError::EmptyTopicName);
-    }
-    let (body, wire_len) = props_len(&p.properties, v5, PropertyContext::Publish)?;
-    let id_len = if p.packet_id.is_some() { 2 } else { 0 };
-    let len =
-        wire::prefixed_len(p.topic.as_mqtt_string().len()) + id_len + wire_len + p.payload.len();
-    Ok((body, len))
 }
 
 fn first_byte(packet: &Packet) -> u8 {

@@ -24,6 +24,7 @@ pub mod reason;
 mod wire;
 
 pub use decode::{Decoded, FixedHeader, decode, decode_body, decode_buf, parse_fixed_header};
+pub use encode::PublishView;
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
     Auth, ConnAck, Connect, Disconnect, Packet, PacketId, PacketType, ProtocolVersion, PubAck,
