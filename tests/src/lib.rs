@@ -2,6 +2,8 @@
 //! The tests themselves live in `tests/tests/`.
 #![forbid(unsafe_code)]
 
+pub mod sim;
+
 pub mod harness;
 
 /// Parses a hex dump ("10 0c 00 04 ...", whitespace and newlines ignored) into bytes.

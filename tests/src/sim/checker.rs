@@ -1,0 +1,334 @@
+//! The delivery invariants, checked once the run has settled: every client-side receipt is set
+//! against the [`Model`]'s routings.
+//!
+//! - **Justified**: every delivery was routed to that session incarnation at that QoS (so nothing
+//!   arrives for a filter after its UNSUBSCRIBE was processed unless another subscription
+//!   matches, nothing leaks across sessions, nothing is invented); every retained delivery was
+//!   the retained message of its topic when a matching SUBSCRIBE was processed.
+//! - **At least once**: every routing at QoS 1 or 2 to an incarnation still alive at the end was
+//!   received on it (alive incarnations are all connected and drained at that point, so a
+//!   missing message can no longer be "still queued"). Routings to an incarnation that ended
+//!   (clean session closed, session discarded) owe nothing — that is MQTT's own rule.
+//! - **Exactly once**: a QoS 2 delivery reaches the application of an incarnation at most once
+//!   per routing the model allows (which is once, unless the publisher's session itself was
+//!   replaced between its PUBLISH and its resend).
+//! - **Order** ([MQTT-4.6.0-6]): per subscriber incarnation and per (publisher, topic), the first
+//!   receipts of messages whose first routing to it was at QoS 1/2 come in routing order.
+//!   (Redeliveries and QoS 0 copies may come later; a message routed once more by a publisher's
+//!   resend may legitimately arrive after newer ones, so the first routing is the reference.)
+//! - **Acknowledged means processed**: every PUBACK / PUBREC a publisher got is for a message
+//!   the broker routed.
+//! - **Retained**: a fresh subscriber to `#` at the end receives exactly the model's retained
+//!   message per topic.
+//!
+//! Never: excuse a receipt because of what the broker's internals say.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use surgemq_core::broker::ConnId;
+use surgemq_core::codec::QoS;
+
+use super::message::Uid;
+use super::model::Model;
+use super::violations::Violations;
+
+/// One PUBLISH as a simulated client received it.
+#[derive(Debug, Clone)]
+pub(crate) struct Receipt {
+    /// Session incarnation of the connection it came on.
+    pub(crate) inc: u32,
+    /// Connection it came on.
+    pub(crate) conn: ConnId,
+    /// Client identifier (for messages).
+    pub(crate) client_id: String,
+    /// Virtual time.
+    pub(crate) at: u64,
+    /// Identity read from the payload.
+    pub(crate) uid: Option<Uid>,
+    /// Topic.
+    pub(crate) topic: String,
+    /// Payload.
+    pub(crate) payload: Bytes,
+    /// QoS of the packet.
+    pub(crate) qos: QoS,
+    /// DUP flag.
+    pub(crate) dup: bool,
+    /// RETAIN flag.
+    pub(crate) retain: bool,
+    /// Handed to the application (not a filtered QoS 2 duplicate).
+    pub(crate) app_new: bool,
+}
+
+/// Numbers from the delivery check, for the run summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DeliveryStats {
+    /// QoS 1/2 routings owed to incarnations alive at the end.
+    pub(crate) owed: usize,
+    /// Receipts examined.
+    pub(crate) receipts: usize,
+    /// Order pairs checked.
+    pub(crate) ordered: usize,
+    /// Receipts with DUP set.
+    pub(crate) redeliveries: usize,
+}
+
+/// Checks every delivery invariant over the run's receipts. `alive` are the incarnations alive
+/// (and, by then, connected and drained) at `now`.
+pub(crate) fn check_deliveries(
+    model: &Model,
+    receipts: &[Receipt],
+    acked: &BTreeSet<Uid>,
+    alive: &BTreeSet<u32>,
+    now: u64,
+    v: &mut Violations,
+) -> DeliveryStats {
+    let mut stats = DeliveryStats {
+        receipts: receipts.len(),
+        ..DeliveryStats::default()
+    };
+    let mut delivered: BTreeSet<(u32, Uid)> = BTreeSet::new();
+    let mut qos2_count: BTreeMap<(u32, Uid), u32> = BTreeMap::new();
+    let mut first_copies: BTreeMap<(u32, Uid), usize> = BTreeMap::new();
+    // Order: (incarnation, will, publisher, topic) -> highest first-routing clock seen.
+    let mut order: BTreeMap<(u32, bool, u32, String), (u64, Uid)> = BTreeMap::new();
+
+    for r in receipts {
+        if r.payload.is_empty() {
+            continue; // A retained-message clear: carries no identity to trace.
+        }
+        let Some(uid) = r.uid else {
+            v.push(
+                r.at,
+                format!(
+                    "{} got a message nobody published: {:?} on {}",
+                    r.client_id, r.payload, r.topic
+                ),
+            );
+            continue;
+        };
+        if r.qos == QoS::AtMostOnce && r.dup {
+            v.push(
+                r.at,
+                format!(
+                    "{} got {uid} at QoS 0 with DUP set [MQTT-3.3.1-2]",
+                    r.client_id
+                ),
+            );
+        }
+        if let Some(info) = model.messages.get(&uid)
+            && info.topic != r.topic
+        {
+            v.push(
+                r.at,
+                format!(
+                    "{} got {uid} on {}, published on {}",
+                    r.client_id, r.topic, info.topic
+                ),
+            );
+        }
+        if r.retain {
+            let offered =
+                model
+                    .retained_offers
+                    .contains(&(r.inc, r.topic.clone(), r.payload.clone(), r.qos));
+            if !offered {
+                v.push(
+                    r.at,
+                    format!(
+                        "{} (session #{}) got {uid} as retained on {} at QoS {} but no SUBSCRIBE it \
+                         made was entitled to it",
+                        r.client_id,
+                        r.inc,
+                        r.topic,
+                        r.qos.as_u8()
+                    ),
+                );
+            }
+            continue;
+        }
+        let routes = model
+            .routes
+            .get(&uid)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let Some(first) = routes.iter().find(|route| route.inc == r.inc) else {
+            v.push(
+                r.at,
+                format!(
+                    "{} (session #{}, {:?}) got {uid} on {} but no subscription of that session \
+                     matched when it was routed (after UNSUBSCRIBE, or never subscribed)",
+                    r.client_id, r.inc, r.conn, r.topic
+                ),
+            );
+            continue;
+        };
+        if !routes
+            .iter()
+            .any(|route| route.inc == r.inc && route.qos == r.qos)
+        {
+            v.push(
+                r.at,
+                format!(
+                    "{} got {uid} at QoS {}, routed to it at QoS {}",
+                    r.client_id,
+                    r.qos.as_u8(),
+                    first.qos.as_u8()
+                ),
+            );
+        }
+        // Each routing is transmitted once with DUP 0; every other copy is a redelivery, which
+        // must carry DUP 1 ([MQTT-3.3.1-1]).
+        if r.qos != QoS::AtMostOnce && !r.dup {
+            let firsts = first_copies.entry((r.inc, uid)).or_default();
+            *firsts += 1;
+            let routings = routes.iter().filter(|route| route.inc == r.inc).count();
+            if *firsts > routings {
+                v.push(
+                    r.at,
+                    format!(
+                        "{} got {uid} {firsts} times without DUP, routed to it {routings} times \
+                         [MQTT-3.3.1-1]",
+                        r.client_id
+                    ),
+                );
+            }
+        }
+        if r.dup {
+            stats.redeliveries += 1;
+        }
+        if r.qos == QoS::ExactlyOnce && r.app_new {
+            let n = qos2_count.entry((r.inc, uid)).or_default();
+            *n += 1;
+            // Each QoS 2 routing reaches the application once. Normally a message is routed
+            // once; it is routed again only when the publisher resent it into a *different*
+            // session incarnation (its own was discarded and a stale CONNECT created a new one,
+            // which the client cannot tell apart: Session Present is one bit), and then a second
+            // copy is no broker fault.
+            let routings = routes
+                .iter()
+                .filter(|route| route.inc == r.inc && route.qos == QoS::ExactlyOnce)
+                .count();
+            if *n as usize > routings {
+                v.push(
+                    r.at,
+                    format!(
+                        "{} (session #{}) got QoS 2 message {uid} {n} times, routed to it {routings} \
+                         time(s)",
+                        r.client_id, r.inc
+                    ),
+                );
+            }
+        }
+        if delivered.insert((r.inc, uid)) && first.qos != QoS::AtMostOnce {
+            stats.ordered += 1;
+            let key = (r.inc, uid.will, uid.actor, r.topic.clone());
+            match order.get(&key) {
+                Some(&(clock, before)) if clock > first.clock => v.push(
+                    r.at,
+                    format!(
+                        "{} (session #{}) got {uid} after {before}, but {uid} was routed first \
+                         (same publisher and topic {}) [MQTT-4.6.0-6]",
+                        r.client_id, r.inc, r.topic
+                    ),
+                ),
+                _ => {
+                    order.insert(key, (first.clock, uid));
+                }
+            }
+        }
+    }
+
+    for (uid, routes) in &model.routes {
+        for route in routes {
+            if route.qos == QoS::AtMostOnce || !alive.contains(&route.inc) {
+                continue;
+            }
+            stats.owed += 1;
+            if !delivered.contains(&(route.inc, *uid)) {
+                let client = model
+                    .incs
+                    .get(&route.inc)
+                    .map_or("?", |i| i.client_id.as_str());
+                let (topic, published) = model
+                    .messages
+                    .get(uid)
+                    .map_or(("?", 0), |m| (m.topic.as_str(), m.qos.as_u8()));
+                v.push(
+                    now,
+                    format!(
+                        "{client} (session #{}) never got {uid} (published at QoS {published} on \
+                         {topic}, owed at QoS {}, routed at logical time {})",
+                        route.inc,
+                        route.qos.as_u8(),
+                        route.clock
+                    ),
+                );
+            }
+        }
+    }
+
+    for uid in acked {
+        if !model.messages.contains_key(uid) {
+            v.push(
+                now,
+                format!(
+                    "the publisher of {uid} got its acknowledgement but the broker never routed it"
+                ),
+            );
+        }
+    }
+    stats
+}
+
+/// Checks what a fresh `#` subscriber received as retained against the model's retained store.
+pub(crate) fn check_retained(model: &Model, receipts: &[&Receipt], now: u64, v: &mut Violations) {
+    let mut got: BTreeMap<&str, &Bytes> = BTreeMap::new();
+    for r in receipts {
+        if !r.retain {
+            v.push(
+                r.at,
+                format!("the retained probe got a live message on {}", r.topic),
+            );
+            continue;
+        }
+        if got.insert(&r.topic, &r.payload).is_some() {
+            v.push(
+                r.at,
+                format!(
+                    "the retained probe got two retained messages on {}",
+                    r.topic
+                ),
+            );
+        }
+    }
+    for (topic, (payload, _)) in &model.retained {
+        match got.remove(topic.as_str()) {
+            Some(p) if p == payload => {}
+            Some(p) => v.push(
+                now,
+                format!(
+                    "retained on {topic} is {:?}, but the last retained publish was {:?}",
+                    Uid::parse(p),
+                    Uid::parse(payload)
+                ),
+            ),
+            None => v.push(
+                now,
+                format!(
+                    "retained message on {topic} ({:?}) is missing",
+                    Uid::parse(payload)
+                ),
+            ),
+        }
+    }
+    for (topic, payload) in got {
+        v.push(
+            now,
+            format!(
+                "retained message on {topic} ({:?}) should have been replaced or cleared",
+                Uid::parse(payload)
+            ),
+        );
+    }
+}
