@@ -8,6 +8,7 @@
 //! - [`topic`]: validated topic names and filters, shared subscriptions and the subscription trie.
 //! - [`string`]: the UTF-8 string type every MQTT string field uses.
 //! - [`broker`]: the broker state machine (inputs in, outputs out, time passed in).
+//! - [`client`]: the client state machine (commands in, completion events out).
 //! - [`time`]: the core's [`time::Instant`], driven by the caller.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod broker;
+pub mod client;
 pub mod codec;
 pub mod string;
 pub mod time;

@@ -1,0 +1,89 @@
+//! [`ClientConfig`]: who the client is, how it connects, and every limit it keeps.
+
+use bytes::Bytes;
+use core::time::Duration;
+
+use crate::codec::{Properties, ProtocolVersion, Will};
+use crate::string::MqttString;
+
+/// Exponential reconnect backoff with seeded jitter: the n-th retry waits
+/// `min(max, initial * 2^n)`, scaled by a random factor in [0.5, 1.0].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Configuration of a [`Client`](super::Client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Client identifier; empty asks the server to assign one (needs `clean_start`).
+    pub client_id: MqttString,
+    /// Protocol version spoken.
+    pub version: ProtocolVersion,
+    /// Clean Session (3.x) / Clean Start (5.0). With `false` the session is resumed on every
+    /// reconnect.
+    pub clean_start: bool,
+    /// Keep alive in seconds; 0 turns it off.
+    pub keep_alive: u16,
+    /// User name.
+    pub username: Option<MqttString>,
+    /// Password.
+    pub password: Option<Bytes>,
+    /// Will message.
+    pub will: Option<Will>,
+    /// 5.0 CONNECT properties (Session Expiry Interval, Receive Maximum, ...).
+    pub connect_properties: Properties,
+    /// Unacknowledged outgoing QoS 1/2 PUBLISH at most (5.0: also capped by the server's
+    /// Receive Maximum).
+    pub max_inflight: u16,
+    /// Commands waiting for the window or the connection at most; beyond it a command fails
+    /// with [`ClientError::QueueFull`](super::ClientError::QueueFull).
+    pub max_queued: usize,
+    /// Largest packet accepted from the server.
+    pub max_packet_size: u32,
+    /// Time from transport up to CONNACK before giving up on the attempt.
+    pub connect_timeout: Duration,
+    /// Reconnect policy; `None` never reconnects on its own.
+    pub reconnect: Option<Backoff>,
+    /// Acknowledge incoming QoS 1/2 messages only when [`Client::ack`](super::Client::ack) is
+    /// called, instead of as soon as they arrive.
+    pub manual_acks: bool,
+    /// Seed for the reconnect jitter: a simulation with the same seed replays exactly.
+    pub seed: u64,
+}
+
+impl ClientConfig {
+    /// A configuration with the usual defaults for `client_id`: MQTT 3.1.1, clean session,
+    /// keep alive 60 s, in-flight window 20, 1,000 queued commands, reconnecting.
+    pub fn new(client_id: MqttString) -> Self {
+        Self {
+            client_id,
+            version: ProtocolVersion::V3_1_1,
+            clean_start: true,
+            keep_alive: 60,
+            username: None,
+            password: None,
+            will: None,
+            connect_properties: Properties::new(),
+            max_inflight: 20,
+            max_queued: 1000,
+            max_packet_size: 1024 * 1024 * 256,
+            connect_timeout: Duration::from_secs(10),
+            reconnect: Some(Backoff::default()),
+            manual_acks: false,
+            seed: 0x5375_7267_6543_6c74,
+        }
+    }
+}
