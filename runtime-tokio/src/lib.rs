@@ -1,6 +1,6 @@
 //! # surgemq-tokio
 //!
-//! The SurgeMQ broker on tokio: listeners (TCP and TLS through tokio-rustls), one task per
+//! The SurgeMQ broker and client on tokio. The broker: listeners (TCP and TLS through tokio-rustls), one task per
 //! connection moving bytes, and one task owning the sans-IO [`Broker`] state machine.
 //!
 //! ```no_run
@@ -19,6 +19,9 @@
 //! # }
 //! ```
 //!
+//! The client ([`Client::connect`]) gives a `Clone + Send` handle whose `publish`, `subscribe`
+//! and `unsubscribe` resolve on completion, and a [`Messages`] stream; see `examples/client.rs`.
+//!
 //! Shape (see the project's DESIGN.md, "Adapter loop"): connection tasks read sockets and
 //! send what they read to the broker task over a bounded channel; the broker task feeds it to
 //! the core, drains the core's outputs, and hands each connection its batch of bytes (one write
@@ -26,11 +29,14 @@
 //! them all.
 #![forbid(unsafe_code)]
 
+mod client;
 mod conn;
 mod hub;
 mod server;
 
+pub use client::{AsyncClientError, Client, ClientOptions, Messages};
 pub use server::{BoundServer, Listener, Server, ShutdownHandle};
 pub use surgemq_core::broker::{AuthRequest, AuthVerdict, Authenticator, BrokerConfig};
+pub use surgemq_core::client::{AckToken, ClientConfig, IncomingMessage};
 /// The rustls crate this adapter's TLS listeners use.
 pub use tokio_rustls::rustls;

@@ -1,0 +1,113 @@
+//! The tokio client against the tokio server on 127.0.0.1: round trips at every QoS, and no
+//! deadlock when an application publishes to its own subscription without reading messages.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::Duration;
+
+use surgemq_core::broker::{AuthMode, BrokerConfig};
+use surgemq_core::codec::{PubAckReason, QoS, SubAckReason, SubscriptionOptions};
+use surgemq_core::string::MqttString;
+use surgemq_core::topic::{TopicFilter, TopicName};
+use surgemq_tokio::{Client, ClientConfig, ClientOptions, Listener, Server, ShutdownHandle};
+
+async fn start() -> (
+    String,
+    ShutdownHandle,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let config = BrokerConfig {
+        auth: AuthMode::LoopbackOnly,
+        sys_interval: None,
+        ..BrokerConfig::default()
+    };
+    let bound = Server::new(config, vec![Listener::tcp("127.0.0.1:0".parse().unwrap())])
+        .bind()
+        .await
+        .unwrap();
+    let address = bound.local_addrs()[0].to_string();
+    let shutdown = bound.shutdown_handle();
+    (address, shutdown, tokio::spawn(bound.run()))
+}
+
+fn options(address: &str, id: &str) -> ClientOptions {
+    ClientOptions::new(address, ClientConfig::new(MqttString::new(id).unwrap()))
+}
+
+fn sub(filter: &str, qos: QoS) -> Vec<(TopicFilter, SubscriptionOptions)> {
+    vec![(
+        TopicFilter::parse(filter).unwrap(),
+        SubscriptionOptions::qos(qos),
+    )]
+}
+
+#[tokio::test]
+async fn round_trip_at_every_qos() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let (address, shutdown, server) = start().await;
+        let (subscriber, mut messages) = Client::connect(options(&address, "sub")).await.unwrap();
+        let granted = subscriber
+            .subscribe(sub("t/#", QoS::ExactlyOnce))
+            .await
+            .unwrap();
+        assert_eq!(granted, [SubAckReason::GrantedQoS2]);
+        let (publisher, _) = Client::connect(options(&address, "pub")).await.unwrap();
+        for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+            .into_iter()
+            .enumerate()
+        {
+            let reason = publisher
+                .publish(TopicName::parse("t/x").unwrap(), vec![i as u8], qos, false)
+                .await
+                .unwrap();
+            assert_eq!(reason, PubAckReason::Success);
+        }
+        for i in 0..3u8 {
+            let m = messages.recv().await.unwrap();
+            assert_eq!(&m.publish.payload[..], &[i]);
+            assert_eq!(m.publish.topic.as_str(), "t/x");
+        }
+        publisher.disconnect().await;
+        subscriber.disconnect().await;
+        shutdown.shutdown();
+        server.await.unwrap().unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn publishing_to_an_unread_own_subscription_never_deadlocks() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (address, shutdown, server) = start().await;
+        let mut opts = options(&address, "self");
+        opts.message_buffer = 8;
+        let (client, mut messages) = Client::connect(opts).await.unwrap();
+        client
+            .subscribe(sub("loop", QoS::AtLeastOnce))
+            .await
+            .unwrap();
+        // 500 messages come back to us while nobody reads them: our own publishes must still
+        // complete (flow control holds back the broker, not our acknowledgement reading).
+        for i in 0..500u32 {
+            client
+                .publish(
+                    TopicName::parse("loop").unwrap(),
+                    i.to_be_bytes().to_vec(),
+                    QoS::AtLeastOnce,
+                    false,
+                )
+                .await
+                .unwrap();
+        }
+        // Then every one of them arrives, in order.
+        for i in 0..500u32 {
+            let m = messages.recv().await.unwrap();
+            assert_eq!(&m.publish.payload[..], &i.to_be_bytes());
+        }
+        client.disconnect().await;
+        shutdown.shutdown();
+        server.await.unwrap().unwrap();
+    })
+    .await
+    .unwrap();
+}
