@@ -24,6 +24,7 @@
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::panic)]
 
 pub mod config;
+mod ring;
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -33,6 +34,8 @@ use core::fmt;
 use core::time::Duration;
 
 pub use config::{Backoff, ClientConfig};
+use ring::Ring;
+pub use ring::{INFLIGHT_CAPACITY, QUEUE_CAPACITY};
 
 use crate::codec::{
     ConnAck, Connect, ConnectReason, DecodeError, Disconnect, EncodeError, Packet, PacketId,
@@ -242,14 +245,16 @@ pub struct Client {
     next_token: u64,
     next_id: PacketId,
     /// Sent and awaiting the server's answer, in send order.
-    inflight: VecDeque<Pending>,
+    inflight: Ring<Pending, INFLIGHT_CAPACITY>,
     /// Waiting for the connection or the window.
-    queue: VecDeque<(Token, Request)>,
+    queue: Ring<(Token, Request), QUEUE_CAPACITY>,
     /// Filters subscribed (granted), remade when the server lost the session.
     subscriptions: BTreeMap<TopicFilter, SubscriptionOptions>,
     /// QoS 2 identifiers received whose PUBREL has not arrived (PUBREC sent or, in manual
     /// mode, awaiting the application's ack).
     incoming_qos2: BTreeSet<PacketId>,
+    /// Subscriptions must be remade but the (fixed-capacity) queue was full.
+    resubscribe_pending: bool,
     /// The server's Receive Maximum (5.0), if smaller than ours.
     server_receive_max: Option<u16>,
     keep_alive: Option<Duration>,
@@ -288,10 +293,11 @@ impl Client {
             outputs: VecDeque::new(),
             next_token: 1,
             next_id: PacketId::MIN,
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
+            inflight: Ring::new(),
+            queue: Ring::new(),
             subscriptions: BTreeMap::new(),
             incoming_qos2: BTreeSet::new(),
+            resubscribe_pending: false,
             server_receive_max: None,
             keep_alive,
             last_sent: now,
@@ -500,7 +506,8 @@ impl Client {
     }
 
     fn window(&self) -> usize {
-        let ours = usize::from(self.config.max_inflight.max(1));
+        let ours = usize::from(self.config.max_inflight.max(1))
+            .min(Ring::<Pending, INFLIGHT_CAPACITY>::capacity());
         self.server_receive_max
             .map_or(ours, |theirs| ours.min(usize::from(theirs)))
     }
@@ -520,19 +527,33 @@ impl Client {
             return Err(ClientError::QueueFull);
         }
         let token = self.token();
-        self.queue.push_back((token, request));
+        if self.queue.push_back((token, request)).is_err() {
+            return Err(ClientError::QueueFull);
+        }
         self.drain_queue();
         Ok(token)
     }
 
     /// Sends queued commands while connected and within the window, in order.
     fn drain_queue(&mut self) {
+        if self.resubscribe_pending
+            && self.phase == Phase::Connected
+            && self.queue.len() < Ring::<(Token, Request), QUEUE_CAPACITY>::capacity()
+        {
+            self.resubscribe_pending = false;
+            self.resubscribe();
+        }
         while self.phase == Phase::Connected {
             let Some((_, front)) = self.queue.front() else {
                 return;
             };
             let needs_window = matches!(front, Request::Publish(p) if p.qos != QoS::AtMostOnce);
             if needs_window && self.publishes_in_flight() >= self.window() {
+                return;
+            }
+            // Subscribe and unsubscribe need an in-flight slot too (outside the window).
+            let needs_slot = !matches!(front, Request::Publish(p) if p.qos == QoS::AtMostOnce);
+            if needs_slot && self.inflight.len() >= Ring::<Pending, INFLIGHT_CAPACITY>::capacity() {
                 return;
             }
             let Some((token, request)) = self.queue.pop_front() else {
@@ -565,7 +586,8 @@ impl Client {
                     stage: Stage::AwaitingAck,
                 };
                 self.transmit_pending(&pending, false);
-                self.inflight.push_back(pending);
+                // Room was checked by `drain_queue`.
+                let _ = self.inflight.push_back(pending);
             }
         }
     }
@@ -816,8 +838,11 @@ impl Client {
         }
         // Remade ahead of anything queued; completion is reported with an internal token.
         let token = self.token();
-        self.queue
-            .push_front((token, Request::Subscribe(filters, Properties::new())));
+        let request = Request::Subscribe(filters, Properties::new());
+        if self.queue.push_front((token, request)).is_err() {
+            // A full fixed-capacity queue: resubscribe as soon as it has room.
+            self.resubscribe_pending = true;
+        }
     }
 
     fn incoming_publish(&mut self, publish: Publish) {
