@@ -100,8 +100,11 @@ pub struct AuthRequest {
     pub peer: Option<SocketAddr>,
     /// The client identifier (after assignment for an empty one).
     pub client_id: MqttString,
-    /// User name, if sent.
+    /// User name, if sent — or the TLS client certificate's name (see `from_certificate`).
     pub username: Option<MqttString>,
+    /// The user name comes from a client certificate the TLS handshake verified, so it needs
+    /// no password (Mosquitto's `use_identity_as_username`).
+    pub from_certificate: bool,
     /// Password, if sent.
     pub password: Option<Bytes>,
 }

@@ -613,6 +613,7 @@ impl Broker {
         };
         c.version = connect.protocol;
         let peer = c.peer;
+        let from_certificate = c.identity.is_some();
         if let Some(identity) = &c.identity {
             connect.username = Some(identity.clone());
         }
@@ -661,6 +662,7 @@ impl Broker {
                     client_id: connect.client_id.clone(),
                     username: connect.username.clone(),
                     password: connect.password.clone(),
+                    from_certificate,
                 };
                 if let Some(c) = self.conns.get_mut(conn.0) {
                     c.phase = Phase::Authenticating(connect);
