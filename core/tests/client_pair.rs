@@ -551,7 +551,91 @@ fn manual_acks_hold_back_the_acknowledgement_until_asked() {
     pair.client(s).ack(now, ack).unwrap();
     pair.drive();
     assert_eq!(pair.broker.inflight_messages("manual"), Some(0));
-    // An ack from a previous connection is refused.
+    // The session resumes after a reconnect: an ack given then is still valid.
+    pair.cut(s);
+    pair.heal(s);
+    pair.advance(Duration::from_secs(60));
+    let now = pair.now;
+    assert_eq!(pair.client(s).ack(now, ack), Ok(()));
+}
+
+#[test]
+fn manual_qos2_redelivered_after_reconnect_is_acknowledged_once_the_application_acks() {
+    let mut pair = Pair::new();
+    let mut c = config("manual2");
+    c.manual_acks = true;
+    c.clean_start = false;
+    let s = pair.add(c);
+    let now = pair.now;
+    pair.client(s)
+        .subscribe(now, filter("m2", QoS::ExactlyOnce), Properties::new())
+        .unwrap();
+    pair.drive();
+    pair.events(s);
+    let p = pair.add(config("pub2"));
+    let now = pair.now;
+    pair.client(p)
+        .publish(
+            now,
+            topic("m2"),
+            Bytes::from_static(b"x"),
+            QoS::ExactlyOnce,
+            false,
+            Properties::new(),
+        )
+        .unwrap();
+    pair.drive();
+    let ack = match &pair.events(s)[..] {
+        [ClientEvent::Message(m)] => m.ack.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    // The link drops before the application acks; the broker resends the PUBLISH (DUP) on
+    // reconnect. The client does not deliver it twice, and once the application acks, the
+    // exchange completes.
+    pair.cut(s);
+    pair.heal(s);
+    pair.advance(Duration::from_secs(60));
+    assert!(
+        payloads(&pair.events(s)).is_empty(),
+        "QoS 2 delivered twice"
+    );
+    assert_eq!(pair.broker.inflight_messages("manual2"), Some(1));
+    let now = pair.now;
+    pair.client(s).ack(now, ack).unwrap();
+    pair.drive();
+    assert_eq!(pair.broker.inflight_messages("manual2"), Some(0));
+}
+
+#[test]
+fn acks_of_a_lost_session_are_refused() {
+    let mut pair = Pair::new();
+    let mut c = config("manual3");
+    c.manual_acks = true;
+    c.clean_start = true; // every reconnect starts a new session
+    let s = pair.add(c);
+    let now = pair.now;
+    pair.client(s)
+        .subscribe(now, filter("m3", QoS::AtLeastOnce), Properties::new())
+        .unwrap();
+    pair.drive();
+    pair.events(s);
+    let p = pair.add(config("pub3"));
+    let now = pair.now;
+    pair.client(p)
+        .publish(
+            now,
+            topic("m3"),
+            Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+            Properties::new(),
+        )
+        .unwrap();
+    pair.drive();
+    let ack = match &pair.events(s)[..] {
+        [ClientEvent::Message(m)] => m.ack.unwrap(),
+        other => panic!("{other:?}"),
+    };
     pair.cut(s);
     pair.heal(s);
     pair.advance(Duration::from_secs(60));

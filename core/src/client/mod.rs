@@ -63,8 +63,10 @@ impl Token {
 pub struct AckToken {
     id: PacketId,
     qos: QoS,
-    /// The connection the message arrived on: an ack for an older one is void.
-    epoch: u64,
+    /// The session the message arrived in. Acknowledgements stay valid across reconnects
+    /// that resume the session (the server resends with the same packet identifier); they
+    /// are void once the session is lost, when the identifier may name another message.
+    session: u64,
 }
 
 /// Something that happened outside the client.
@@ -176,7 +178,7 @@ pub enum ClientError {
     Stopped,
     /// The packet cannot be encoded (e.g. too large, or an empty filter list).
     Encode(EncodeError),
-    /// The acknowledgement is for a message of an earlier connection, or was already given.
+    /// The acknowledgement is for a message of a session that no longer exists.
     StaleAck,
 }
 
@@ -186,7 +188,7 @@ impl fmt::Display for ClientError {
             Self::QueueFull => f.write_str("outgoing queue full"),
             Self::Stopped => f.write_str("client stopped"),
             Self::Encode(e) => write!(f, "cannot encode: {e}"),
-            Self::StaleAck => f.write_str("acknowledgement for an earlier connection"),
+            Self::StaleAck => f.write_str("acknowledgement for a lost session"),
         }
     }
 }
@@ -237,8 +239,10 @@ pub struct Client {
     config: ClientConfig,
     now: Instant,
     phase: Phase,
-    /// Increments with every transport; manual acks carry it.
+    /// Increments with every transport; stale reads are ignored by it.
     epoch: u64,
+    /// Increments whenever the server's session state is lost; acks carry it.
+    session: u64,
     recv: BytesMut,
     out: BytesMut,
     outputs: VecDeque<ClientOutput>,
@@ -250,9 +254,9 @@ pub struct Client {
     queue: Ring<(Token, Request), QUEUE_CAPACITY>,
     /// Filters subscribed (granted), remade when the server lost the session.
     subscriptions: BTreeMap<TopicFilter, SubscriptionOptions>,
-    /// QoS 2 identifiers received whose PUBREL has not arrived (PUBREC sent or, in manual
-    /// mode, awaiting the application's ack).
-    incoming_qos2: BTreeSet<PacketId>,
+    /// QoS 2 identifiers received whose PUBREL has not arrived, and whether PUBREC was
+    /// given (in manual-ack mode, not until the application acknowledges).
+    incoming_qos2: BTreeMap<PacketId, bool>,
     /// Subscriptions must be remade but the (fixed-capacity) queue was full.
     resubscribe_pending: bool,
     /// The server's Receive Maximum (5.0), if smaller than ours.
@@ -288,6 +292,7 @@ impl Client {
             now,
             phase: Phase::Opening,
             epoch: 0,
+            session: 0,
             recv: BytesMut::new(),
             out: BytesMut::new(),
             outputs: VecDeque::new(),
@@ -296,7 +301,7 @@ impl Client {
             inflight: Ring::new(),
             queue: Ring::new(),
             subscriptions: BTreeMap::new(),
-            incoming_qos2: BTreeSet::new(),
+            incoming_qos2: BTreeMap::new(),
             resubscribe_pending: false,
             server_receive_max: None,
             keep_alive,
@@ -391,15 +396,31 @@ impl Client {
     }
 
     /// Acknowledges a received QoS 1/2 message (manual-ack mode).
+    ///
+    /// Valid as long as the session lasts, across reconnects: while disconnected the ack is
+    /// remembered (QoS 2) or made unnecessary by the server's resend (QoS 1, acked again when
+    /// it arrives again).
     pub fn ack(&mut self, now: Instant, ack: AckToken) -> Result<(), ClientError> {
         self.advance(now);
-        if ack.epoch != self.epoch || self.phase != Phase::Connected {
+        if ack.session != self.session {
             return Err(ClientError::StaleAck);
         }
+        let connected = self.phase == Phase::Connected;
         match ack.qos {
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck::success(ack.id))),
-            QoS::ExactlyOnce => self.send(&Packet::PubRec(PubAck::success(ack.id))),
-            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce if connected => {
+                self.send(&Packet::PubAck(PubAck::success(ack.id)));
+            }
+            QoS::ExactlyOnce => {
+                let Some(acked) = self.incoming_qos2.get_mut(&ack.id) else {
+                    // PUBREL came already (the exchange is over) or never will.
+                    return Ok(());
+                };
+                *acked = true;
+                if connected {
+                    self.send(&Packet::PubRec(PubAck::success(ack.id)));
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -798,9 +819,10 @@ impl Client {
             self.config.client_id = id;
         }
         if !connack.session_present {
-            // The server has no state for us: QoS 2 exchanges it was receiving are gone, and
-            // our subscriptions must be made again.
+            // The server has no state for us: QoS 2 exchanges it was receiving are gone,
+            // acknowledgements owed to it are void, and our subscriptions must be made again.
             self.incoming_qos2.clear();
+            self.session += 1;
             self.resubscribe();
         }
         self.event(ClientEvent::Connected {
@@ -852,19 +874,20 @@ impl Client {
             (qos, Some(id)) => Some(AckToken {
                 id,
                 qos,
-                epoch: self.epoch,
+                session: self.session,
             }),
         };
         match ack {
             Some(a) if a.qos == QoS::ExactlyOnce => {
-                if !self.incoming_qos2.insert(a.id) {
-                    // 3.1.1 [MQTT-4.3.3-2]: a duplicate before PUBREL is acknowledged again,
-                    // not delivered again.
-                    if !manual {
+                if let Some(&acked) = self.incoming_qos2.get(&a.id) {
+                    // 3.1.1 [MQTT-4.3.3-2]: a duplicate before PUBREL is acknowledged again
+                    // (once the application has acknowledged it), not delivered again.
+                    if acked {
                         self.send(&Packet::PubRec(PubAck::success(a.id)));
                     }
                     return;
                 }
+                self.incoming_qos2.insert(a.id, !manual);
                 if !manual {
                     self.send(&Packet::PubRec(PubAck::success(a.id)));
                 }
