@@ -1,8 +1,8 @@
 //! # surgemq-async-std
 //!
-//! The SurgeMQ broker on async-std: [`surgemq_smol::driver`] (listeners, TLS through
-//! futures-rustls, connection tasks, the task owning the sans-IO broker) run with async-std's
-//! tasks, sockets and timers. This crate is only that binding; async-std is discontinued
+//! The SurgeMQ broker and client on async-std: [`surgemq_smol::driver`] (listeners, TLS
+//! through futures-rustls, connection tasks, the task owning the sans-IO broker; the async
+//! client) run with async-std's tasks, sockets and timers. This crate is only that binding; async-std is discontinued
 //! upstream, so prefer `surgemq-smol` for new code.
 //!
 //! ```no_run
@@ -19,6 +19,10 @@
 //! })
 //! # }
 //! ```
+//!
+//! The client is `surgemq-tokio`'s API on async-std: [`Client::connect`] gives a `Clone + Send`
+//! handle whose `publish`, `subscribe` and `unsubscribe` resolve on completion, and a
+//! [`Messages`] stream; see `examples/client.rs`.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -30,7 +34,8 @@ use async_std::net::{TcpListener, TcpStream};
 use surgemq_smol::driver::{self, Runtime, TcpRuntime};
 
 pub use surgemq_smol::{
-    AuthRequest, AuthVerdict, Authenticator, BrokerConfig, Listener, ShutdownHandle, rustls,
+    AckToken, AsyncClientError, AuthRequest, AuthVerdict, Authenticator, BrokerConfig,
+    ClientConfig, ClientOptions, IncomingMessage, Listener, Messages, ShutdownHandle, rustls,
 };
 
 /// A broker server on async-std, not yet bound: [`driver::Server`] on [`AsyncStd`].
@@ -38,6 +43,9 @@ pub type Server = driver::Server<AsyncStd>;
 
 /// A bound broker server on async-std: [`driver::BoundServer`] on [`AsyncStd`].
 pub type BoundServer = driver::BoundServer<AsyncStd>;
+
+/// An MQTT client on async-std: [`driver::Client`] on [`AsyncStd`].
+pub type Client = driver::Client<AsyncStd>;
 
 /// The async-std runtime: its global executor, blocking pool, timers and sockets.
 #[derive(Clone, Copy, Debug, Default)]
@@ -67,6 +75,10 @@ impl Runtime for AsyncStd {
 impl TcpRuntime for AsyncStd {
     type TcpListener = TcpListener;
     type TcpStream = TcpStream;
+
+    fn connect(&self, address: &str) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        TcpStream::connect(address)
+    }
 
     fn bind(&self, addr: SocketAddr) -> impl Future<Output = io::Result<TcpListener>> + Send {
         TcpListener::bind(addr)

@@ -1,7 +1,8 @@
 //! # surgemq-smol
 //!
-//! The SurgeMQ broker on smol: listeners (TCP and TLS through futures-rustls), one task per
-//! connection moving bytes, and one task owning the sans-IO [`Broker`] state machine.
+//! The SurgeMQ broker and client on smol. The broker: listeners (TCP and TLS through
+//! futures-rustls), one task per connection moving bytes, and one task owning the sans-IO
+//! [`Broker`] state machine.
 //!
 //! ```no_run
 //! use surgemq_core::broker::BrokerConfig;
@@ -15,6 +16,27 @@
 //!     // Call `shutdown.shutdown()` from anywhere (a signal handler, another task) to stop.
 //!     # shutdown.shutdown();
 //!     bound.run().await
+//! })
+//! # }
+//! ```
+//!
+//! The client ([`Client::connect`]) gives a `Clone + Send` handle whose `publish`, `subscribe`
+//! and `unsubscribe` resolve on completion, and a [`Messages`] stream; see
+//! `examples/client.rs`. Same API and semantics as `surgemq-tokio`'s client.
+//!
+//! ```no_run
+//! use surgemq_core::codec::QoS;
+//! use surgemq_core::string::MqttString;
+//! use surgemq_core::topic::TopicName;
+//! use surgemq_smol::{Client, ClientConfig, ClientOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! smol::block_on(async {
+//!     let config = ClientConfig::new(MqttString::new("sensor-1")?);
+//!     let (client, _messages) = Client::connect(ClientOptions::new("127.0.0.1:1883", config)).await?;
+//!     client.publish(TopicName::parse("t")?, "hi", QoS::AtLeastOnce, false).await?;
+//!     client.disconnect().await;
+//!     Ok(())
 //! })
 //! # }
 //! ```
@@ -35,14 +57,18 @@
 pub mod driver;
 mod runtime;
 
-pub use driver::{Listener, ShutdownHandle};
+pub use driver::{AsyncClientError, ClientOptions, Listener, Messages, ShutdownHandle};
 /// The rustls crate this adapter's TLS listeners use.
 pub use futures_rustls::rustls;
 pub use runtime::Smol;
 pub use surgemq_core::broker::{AuthRequest, AuthVerdict, Authenticator, BrokerConfig};
+pub use surgemq_core::client::{AckToken, ClientConfig, IncomingMessage};
 
 /// A broker server on smol, not yet bound: [`driver::Server`] on [`Smol`].
 pub type Server = driver::Server<Smol>;
 
 /// A bound broker server on smol: [`driver::BoundServer`] on [`Smol`].
 pub type BoundServer = driver::BoundServer<Smol>;
+
+/// An MQTT client on smol: [`driver::Client`] on [`Smol`].
+pub type Client = driver::Client<Smol>;

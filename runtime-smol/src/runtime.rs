@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use crate::driver::{Runtime, TcpRuntime};
 
-/// The smol runtime, for [`driver::Server`](crate::driver::Server) and the driver's other
-/// generic parts.
+/// The smol runtime, for [`driver::Server`](crate::driver::Server),
+/// [`driver::Client`](crate::driver::Client) and the driver's other generic parts.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Smol;
 
@@ -39,6 +39,10 @@ impl Runtime for Smol {
 impl TcpRuntime for Smol {
     type TcpListener = smol::net::TcpListener;
     type TcpStream = smol::net::TcpStream;
+
+    fn connect(&self, address: &str) -> impl Future<Output = io::Result<Self::TcpStream>> + Send {
+        smol::net::TcpStream::connect(address)
+    }
 
     fn bind(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::TcpListener>> + Send {
         smol::net::TcpListener::bind(addr)

@@ -41,7 +41,9 @@ pub struct ClientOptions {
     pub config: ClientConfig,
     /// TLS: the rustls configuration (roots, client certificate) and the server name to check.
     pub tls: Option<(Arc<TlsClientConfig>, ServerName<'static>)>,
-    /// Messages buffered for the application before reading from the socket pauses.
+    /// Messages buffered for the application. Beyond it, incoming QoS 1/2 messages stay
+    /// unacknowledged (so the broker holds back) and QoS 0 messages are dropped and counted;
+    /// reading from the socket never pauses.
     pub message_buffer: usize,
 }
 

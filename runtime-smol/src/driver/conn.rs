@@ -131,7 +131,7 @@ pub async fn serve_connection<S>(
 
 /// Reads once into `buf` (empty on entry), taking a buffer only when the read is attempted and
 /// giving it back when nothing is there to read.
-fn poll_read_chunk<R: AsyncRead + Unpin>(
+pub(super) fn poll_read_chunk<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
@@ -152,7 +152,7 @@ fn poll_read_chunk<R: AsyncRead + Unpin>(
 }
 
 /// Writes every buffer of `batch` with as few (vectored) writes as the stream allows.
-async fn write_batch<W: AsyncWrite + Unpin>(
+pub(super) async fn write_batch<W: AsyncWrite + Unpin>(
     writer: &mut W,
     batch: &mut Vec<Bytes>,
 ) -> io::Result<usize> {

@@ -69,16 +69,21 @@ pub struct BrokerHandle {
     pub(crate) tx: async_channel::Sender<ToHub>,
 }
 
-/// Maps the runtime's clock onto the core's [`Instant`].
+/// Maps the runtime's clock onto the core's [`Instant`] (the broker task's and the client's).
 #[derive(Clone, Copy)]
-struct Clock(std::time::Instant);
+pub(super) struct Clock(std::time::Instant);
 
 impl Clock {
-    fn now(self) -> Instant {
+    /// A clock whose [`Instant::ZERO`] is now.
+    pub(super) fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    pub(super) fn now(self) -> Instant {
         Instant::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 
-    fn to_runtime(self, at: Instant) -> std::time::Instant {
+    pub(super) fn to_runtime(self, at: Instant) -> std::time::Instant {
         let far = Duration::from_secs(86_400 * 365);
         self.0
             .checked_add(Duration::from_millis(at.as_millis()))
@@ -100,7 +105,7 @@ pub fn broker_task<R: Runtime>(
     shutdown: &ShutdownHandle,
 ) -> (BrokerHandle, impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = async_channel::bounded(HUB_CHANNEL);
-    let clock = Clock(std::time::Instant::now());
+    let clock = Clock::start();
     let hub = Hub {
         broker: Broker::new(config, clock.now()),
         clock,

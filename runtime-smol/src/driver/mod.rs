@@ -1,5 +1,6 @@
-//! The futures-io driver: the whole broker server, generic over the runtime that runs it, so
-//! any runtime with futures-io sockets (smol, async-std, an embedder's own executor) reuses it.
+//! The futures-io driver: the whole broker server and the async client, generic over the
+//! runtime that runs them, so any runtime with futures-io sockets (smol, async-std, an
+//! embedder's own executor) reuses them.
 //!
 //! - [`Runtime`] (spawn, spawn a blocking job, sleep until) and [`TcpRuntime`] (TCP sockets):
 //!   all a runtime must provide.
@@ -9,10 +10,13 @@
 //!   (plain TCP, TLS, or a transport of your own), talking to the broker task.
 //! - [`Server`], [`BoundServer`], [`Listener`], [`ShutdownHandle`]: listeners, TLS handshakes
 //!   and graceful shutdown on top of those.
+//! - [`Client`], [`Messages`], [`ClientOptions`]: the async MQTT client (TLS by futures-rustls)
+//!   around the sans-IO [`surgemq_core::client::Client`].
 //!
 //! Never: protocol decisions (the core makes them all), or anything runtime-specific — that
 //! belongs in the `Runtime` implementations of `surgemq-smol` and `surgemq-async-std`.
 
+mod client;
 mod conn;
 mod hub;
 mod server;
@@ -25,6 +29,7 @@ use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
+pub use client::{AsyncClientError, Client, ClientOptions, Messages};
 pub use conn::serve_connection;
 pub use hub::{BrokerHandle, broker_task};
 pub use server::{BoundServer, Listener, Server};
@@ -49,8 +54,11 @@ pub trait Runtime: Clone + Send + Sync + 'static {
 pub trait TcpRuntime: Runtime {
     /// A bound TCP listener.
     type TcpListener: Send + Sync + 'static;
-    /// An accepted TCP connection.
+    /// A TCP connection, accepted or opened.
     type TcpStream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Opens a connection to `address` (`host:port`; a host name is resolved), for the client.
+    fn connect(&self, address: &str) -> impl Future<Output = io::Result<Self::TcpStream>> + Send;
 
     /// Binds a listener to `addr`.
     fn bind(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::TcpListener>> + Send;

@@ -2,8 +2,10 @@
 //! too): a raw MQTT 3.1.1 client over any futures-io stream, built on `surgemq_core::codec`,
 //! the scenarios every runtime must pass (generic over `driver::TcpRuntime`), and self-signed
 //! TLS configurations made by rcgen. A runtime's test file only picks the runtime and says how
-//! to open a client TCP connection.
+//! to open a client TCP connection. The async client's scenarios are in `client`.
 #![allow(dead_code)]
+
+pub(crate) mod client;
 
 use std::future::Future;
 use std::io;
