@@ -159,7 +159,9 @@ impl Messages {
 
 impl Client {
     /// Connects and waits for the first CONNACK; the returned handle then keeps the session
-    /// up (reconnecting as configured) until [`Client::disconnect`].
+    /// up (reconnecting as configured) until [`Client::disconnect`]. If that first attempt
+    /// fails (no TCP connection, TLS refused, closed or refused before CONNACK), `connect`
+    /// returns the error instead of retrying.
     pub async fn connect(options: ClientOptions) -> Result<(Client, Messages), AsyncClientError> {
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (messages_tx, messages_rx) = mpsc::channel(options.message_buffer.max(1));
@@ -305,6 +307,9 @@ struct Driver {
     io_rx: mpsc::Receiver<Io>,
     transport: u64,
     writer: Option<mpsc::UnboundedSender<Bytes>>,
+    /// The current transport's I/O task, awaited at the end so that the last bytes (a
+    /// DISCONNECT) are written before `disconnect()` returns.
+    transport_task: Option<tokio::task::JoinHandle<()>>,
     stopped: Option<oneshot::Sender<()>>,
 }
 
@@ -336,6 +341,7 @@ impl Driver {
             io_rx,
             transport: 0,
             writer: None,
+            transport_task: None,
             stopped: None,
         }
     }
@@ -399,8 +405,22 @@ impl Driver {
                 }
             }
         }
+        if let Some(task) = self.transport_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         if let Some(stopped) = self.stopped.take() {
             let _ = stopped.send(());
+        }
+    }
+
+    /// Ends the client when its very first connection attempt fails.
+    fn fail_first_attempt(&mut self, error: AsyncClientError) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Err(error));
+            let now = self.now();
+            self.core.disconnect(now);
+            let (stopped, _) = oneshot::channel();
+            self.stopped = Some(stopped);
         }
     }
 
@@ -457,12 +477,8 @@ impl Driver {
                     self.core.handle_input(now, ClientInput::TransportUp);
                 }
                 Err(e) => {
-                    if let Some(ready) = self.ready.take()
-                        && self.options.config.reconnect.is_none()
-                    {
-                        let _ = ready.send(Err(AsyncClientError::Io(e)));
-                    }
                     self.core.handle_input(now, ClientInput::TransportDown);
+                    self.fail_first_attempt(AsyncClientError::Io(e));
                 }
             },
             Io::Read(n, data) if n == self.transport => {
@@ -513,11 +529,7 @@ impl Driver {
             }
             ClientEvent::Refused { reason } => {
                 tracing::warn!(?reason, "connection refused");
-                if let Some(ready) = self.ready.take() {
-                    let _ = ready.send(Err(AsyncClientError::Refused(reason)));
-                    let now = self.now();
-                    self.core.disconnect(now);
-                }
+                self.fail_first_attempt(AsyncClientError::Refused(reason));
             }
             ClientEvent::Message(mut message) => {
                 // Without user acks, the ack is ours to send once the application has it.
@@ -546,7 +558,10 @@ impl Driver {
             ClientEvent::Unsubscribed { token, reasons } => {
                 self.complete(token, Completion::Unsubscribed(reasons));
             }
-            ClientEvent::Disconnected => tracing::info!("disconnected from broker"),
+            ClientEvent::Disconnected => {
+                tracing::info!("disconnected from broker");
+                self.fail_first_attempt(AsyncClientError::Closed);
+            }
             other => tracing::warn!(?other, "client event"),
         }
     }
@@ -586,7 +601,7 @@ impl Driver {
         let address = self.options.address.clone();
         let tls = self.options.tls.clone();
         let timeout = self.options.config.connect_timeout;
-        tokio::spawn(async move {
+        self.transport_task = Some(tokio::spawn(async move {
             let connect = async {
                 let tcp = TcpStream::connect(&address).await?;
                 tcp.set_nodelay(true)?;
@@ -613,7 +628,7 @@ impl Driver {
                     }
                 },
             }
-        });
+        }));
     }
 }
 

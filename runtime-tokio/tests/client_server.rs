@@ -111,3 +111,29 @@ async fn publishing_to_an_unread_own_subscription_never_deadlocks() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn connect_fails_instead_of_hanging_when_the_first_attempt_fails() {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        // Nothing listens on this port.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let result = Client::connect(options(&format!("127.0.0.1:{port}"), "nobody")).await;
+        assert!(result.is_err());
+        // A listener that closes every connection before CONNACK.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let result = Client::connect(options(&address, "closed")).await;
+        assert!(result.is_err());
+    })
+    .await
+    .unwrap();
+}

@@ -1705,7 +1705,9 @@ fn queue_overflow_drops_the_oldest_qos_0_first_and_reports_it() {
             _ => None,
         })
         .collect();
-    assert_eq!(drops, [1, 2, 3]);
+    // Reported at the first drop and whenever the total doubles (1, 2, 4, ...): three drops
+    // give two events, the second saying 2; a flood of drops gives few events.
+    assert_eq!(drops, [1, 2]);
     let s = tb.connect("s", false, V311);
     assert_eq!(texts(&tb.recv_publishes(s)), ["b1", "d1", "e1"]);
 }

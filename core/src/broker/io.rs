@@ -140,7 +140,9 @@ pub enum Event {
         /// Why.
         cause: DisconnectCause,
     },
-    /// Messages for a session were dropped because its queue was full.
+    /// Messages for a session were dropped because its queue was full. Reported at the first
+    /// drop and then each time the session's total doubles (the `$SYS` counter
+    /// `messages/dropped` counts every one).
     MessagesDropped {
         /// The session's client identifier.
         client_id: MqttString,

@@ -957,12 +957,17 @@ impl Broker {
             self.config.overflow_policy == OverflowPolicy::DropOldestQoS0First,
         );
         if outcome != Enqueued::Yes {
-            let event = Event::MessagesDropped {
-                client_id: session.client_id.clone(),
-                total: session.dropped,
-            };
             self.stats.dropped += 1;
-            self.event(event);
+            // One event per doubling of the total: a flood of drops must not become a flood
+            // of events (and log lines) that costs more than the messages themselves.
+            if session.dropped >= session.dropped_reported.saturating_mul(2).max(1) {
+                session.dropped_reported = session.dropped;
+                let event = Event::MessagesDropped {
+                    client_id: session.client_id.clone(),
+                    total: session.dropped,
+                };
+                self.event(event);
+            }
         }
     }
 

@@ -65,10 +65,14 @@ pub(crate) struct Session {
     /// Messages waiting for room in the in-flight window or the socket.
     pub(crate) queue: VecDeque<Delivery>,
     pub(crate) queued_bytes: usize,
+    /// QoS 0 deliveries in `queue`.
+    queued_qos0: usize,
     /// QoS 2 packet identifiers received (PUBREC sent) whose PUBREL has not arrived.
     pub(crate) awaiting_release: BTreeSet<PacketId>,
     next_id: PacketId,
     pub(crate) dropped: u64,
+    /// Drops already reported in an event; see `Broker::enqueue`.
+    pub(crate) dropped_reported: u64,
 }
 
 /// Outcome of offering a message to a full queue.
@@ -91,9 +95,11 @@ impl Session {
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            queued_qos0: 0,
             awaiting_release: BTreeSet::new(),
             next_id: PacketId::MIN,
             dropped: 0,
+            dropped_reported: 0,
         }
     }
 
@@ -126,11 +132,20 @@ impl Session {
                 return Enqueued::Dropped;
             }
             while !fits(self) {
-                let Some(at) = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) else {
+                // O(1) in the common cases: no QoS 0 queued at all, or one at the front.
+                let oldest_qos0 = if self.queued_qos0 == 0 {
+                    None
+                } else if self.queue.front().is_some_and(|d| d.qos == QoS::AtMostOnce) {
+                    Some(0)
+                } else {
+                    self.queue.iter().position(|d| d.qos == QoS::AtMostOnce)
+                };
+                let Some(at) = oldest_qos0 else {
                     self.dropped += 1;
                     return Enqueued::Dropped;
                 };
                 if let Some(old) = self.queue.remove(at) {
+                    self.queued_qos0 -= 1;
                     self.queued_bytes -= old.message.payload.len();
                     self.dropped += 1;
                     outcome = Enqueued::DisplacedOldest;
@@ -138,6 +153,9 @@ impl Session {
             }
         }
         self.queued_bytes += size;
+        if delivery.qos == QoS::AtMostOnce {
+            self.queued_qos0 += 1;
+        }
         self.queue.push_back(delivery);
         outcome
     }
@@ -145,6 +163,9 @@ impl Session {
     pub(crate) fn pop_queue(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.message.payload.len();
+        if d.qos == QoS::AtMostOnce {
+            self.queued_qos0 -= 1;
+        }
         Some(d)
     }
 

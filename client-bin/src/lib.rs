@@ -1,0 +1,21 @@
+//! # surgemq-client
+//!
+//! The `surgemq-client` binary as a library, so tests can reach it:
+//!
+//! - [`cli`]: the command line — `pub` and `sub` with mosquitto_pub / mosquitto_sub flags, and
+//!   `bench`.
+//! - [`options`]: the flags turned into an MQTT client configuration and a TLS setup.
+//! - [`runtime`]: the async runtime `pub` and `sub` run on, chosen by cargo feature (only tokio
+//!   has an async client so far).
+//! - [`bench`]: the load generator. Always tokio; its connections speak MQTT with the core
+//!   codec directly over TCP so that it measures the broker, not itself.
+//! - [`app`]: `main`, exit codes.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod options;
+#[cfg(feature = "tokio")]
+pub mod pubsub;
+pub mod runtime;
