@@ -1,10 +1,13 @@
-//! Test support shared by SurgeMQ's cross-crate tests (golden vectors, conformance, simulation).
+//! Test support shared by SurgeMQ's cross-crate tests (golden vectors, conformance, simulation,
+//! end to end).
 //! The tests themselves live in `tests/tests/`.
 #![forbid(unsafe_code)]
 
 pub mod sim;
 
 pub mod harness;
+
+pub mod e2e;
 
 /// Parses a hex dump ("10 0c 00 04 ...", whitespace and newlines ignored) into bytes.
 /// Panics on a malformed dump: it is only fed literals written in tests.

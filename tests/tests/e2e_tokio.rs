@@ -1,0 +1,144 @@
+//! End to end on tokio: the `surgemq` binary built with the tokio runtime, against
+//! mosquitto_pub/sub, Paho C, Paho Python and raw sockets on 127.0.0.1. The scenarios are in
+//! `surgemq_tests::e2e`; a missing client skips its test, or fails it with
+//! `SURGEMQ_REQUIRE_INTEROP=1`.
+
+use surgemq_tests::e2e::MqttVersion::{V31, V311};
+use surgemq_tests::e2e::*;
+
+const RUNTIME: Runtime = Runtime::Tokio;
+
+#[test]
+fn tokio_mosquitto_qos0_round_trip_v31() {
+    mosquitto_round_trip(RUNTIME, 0, V31);
+}
+
+#[test]
+fn tokio_mosquitto_qos0_round_trip_v311() {
+    mosquitto_round_trip(RUNTIME, 0, V311);
+}
+
+#[test]
+fn tokio_mosquitto_qos1_round_trip_v31() {
+    mosquitto_round_trip(RUNTIME, 1, V31);
+}
+
+#[test]
+fn tokio_mosquitto_qos1_round_trip_v311() {
+    mosquitto_round_trip(RUNTIME, 1, V311);
+}
+
+#[test]
+fn tokio_mosquitto_qos2_round_trip_v31() {
+    mosquitto_round_trip(RUNTIME, 2, V31);
+}
+
+#[test]
+fn tokio_mosquitto_qos2_round_trip_v311() {
+    mosquitto_round_trip(RUNTIME, 2, V311);
+}
+
+#[test]
+fn tokio_mosquitto_retained_set_and_clear() {
+    mosquitto_retained_set_and_clear(RUNTIME);
+}
+
+#[test]
+fn tokio_mosquitto_wildcards() {
+    mosquitto_wildcards(RUNTIME);
+}
+
+#[test]
+fn tokio_mosquitto_will_on_kill() {
+    mosquitto_will_on_kill(RUNTIME);
+}
+
+#[test]
+fn tokio_mosquitto_no_will_on_clean_disconnect() {
+    mosquitto_no_will_on_clean_disconnect(RUNTIME);
+}
+
+#[test]
+fn tokio_mosquitto_persistent_session() {
+    mosquitto_persistent_session(RUNTIME);
+}
+
+#[test]
+fn tokio_mosquitto_persistent_session_after_kill() {
+    mosquitto_persistent_session_after_kill(RUNTIME);
+}
+
+#[test]
+fn tokio_paho_c_qos0_round_trip() {
+    paho_c_round_trip(RUNTIME, 0);
+}
+
+#[test]
+fn tokio_paho_c_qos1_round_trip() {
+    paho_c_round_trip(RUNTIME, 1);
+}
+
+#[test]
+fn tokio_paho_c_qos2_round_trip() {
+    paho_c_round_trip(RUNTIME, 2);
+}
+
+#[test]
+fn tokio_paho_python_qos0_round_trip() {
+    paho_python_round_trip(RUNTIME, 0);
+}
+
+#[test]
+fn tokio_paho_python_qos1_round_trip() {
+    paho_python_round_trip(RUNTIME, 1);
+}
+
+#[test]
+fn tokio_paho_python_qos2_round_trip() {
+    paho_python_round_trip(RUNTIME, 2);
+}
+
+#[test]
+fn tokio_tls_server_certificate() {
+    tls_server_certificate(RUNTIME);
+}
+
+#[test]
+fn tokio_tls_client_certificate() {
+    tls_client_certificate(RUNTIME);
+}
+
+#[test]
+fn tokio_tls_wrong_ca_is_refused() {
+    tls_wrong_ca_is_refused(RUNTIME);
+}
+
+#[test]
+fn tokio_password_file_right_password() {
+    password_file_right_password(RUNTIME);
+}
+
+#[test]
+fn tokio_password_file_wrong_password() {
+    password_file_wrong_password(RUNTIME);
+}
+
+#[test]
+fn tokio_bad_input_garbage() {
+    bad_input_garbage(RUNTIME);
+}
+
+#[test]
+fn tokio_bad_input_oversize_remaining_length() {
+    bad_input_oversize_remaining_length(RUNTIME);
+}
+
+#[test]
+fn tokio_bad_input_connect_byte_by_byte() {
+    bad_input_connect_byte_by_byte(RUNTIME);
+}
+
+#[test]
+fn tokio_bad_input_connect_timeout() {
+    bad_input_connect_timeout(RUNTIME);
+}
