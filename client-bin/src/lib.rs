@@ -5,8 +5,8 @@
 //! - [`cli`]: the command line — `pub` and `sub` with mosquitto_pub / mosquitto_sub flags, and
 //!   `bench`.
 //! - [`options`]: the flags turned into an MQTT client configuration and a TLS setup.
-//! - [`runtime`]: the async runtime `pub` and `sub` run on, chosen by cargo feature (only tokio
-//!   has an async client so far).
+//! - [`runtime`]: the async runtime `pub` and `sub` run on, chosen by cargo feature (tokio, smol
+//!   or async-std; the same client API on each).
 //! - [`bench`]: the load generator. Always tokio; its connections speak MQTT with the core
 //!   codec directly over TCP so that it measures the broker, not itself.
 //! - [`app`]: `main`, exit codes.
@@ -16,6 +16,5 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod options;
-#[cfg(feature = "tokio")]
 pub mod pubsub;
 pub mod runtime;

@@ -1,21 +1,21 @@
-//! `pub` and `sub` on the async client (`surgemq_tokio::Client`): connect, publish or subscribe,
+//! `pub` and `sub` on the selected runtime's async client ([`crate::runtime`]): connect, publish or subscribe,
 //! print like mosquitto_sub, disconnect. Runs inside whatever runtime `crate::runtime` started.
 //!
 //! Never: speak MQTT itself (the client does), or wait without a bound when `-W` is given.
 
 use std::io::{BufRead as _, Read as _};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use surgemq_core::client::IncomingMessage;
 use surgemq_core::codec::SubscriptionOptions;
 use surgemq_core::topic::{TopicFilter, TopicName};
-use surgemq_tokio::{AsyncClientError, Client, ClientOptions, Messages};
 use tokio::sync::mpsc;
 
 use crate::app::Failure;
 use crate::cli::{ConnectArgs, PubArgs, SubArgs};
 use crate::options;
+use crate::runtime::{self, AsyncClientError, Client, ClientOptions, Messages};
 
 /// Time given to the client's writer after DISCONNECT before the runtime is dropped: the
 /// async client's `disconnect()` resolves once DISCONNECT is queued, not once it is written,
@@ -53,21 +53,22 @@ async fn connect(args: &ConnectArgs, role: &str) -> Result<(Client, Messages, Tr
     // certificate) would leave it waiting, so bound it.
     let limit = client_options.config.connect_timeout + Duration::from_secs(1);
     let address = client_options.address.clone();
-    let (client, messages) = tokio::time::timeout(limit, Client::connect(client_options))
-        .await
-        .map_err(|_| {
-            Failure::failed(format!(
-                "no CONNACK from {address} within {limit:?}: the connection was closed or \
+    let (client, messages) =
+        runtime::timeout_at(Instant::now() + limit, Client::connect(client_options))
+            .await
+            .ok_or_else(|| {
+                Failure::failed(format!(
+                    "no CONNACK from {address} within {limit:?}: the connection was closed or \
                  the broker did not answer"
-            ))
-        })?
-        .map_err(|e| match e {
-            AsyncClientError::Refused(reason) => {
-                Failure::refused(format!("Connection Refused: {reason:?}"))
-            }
-            AsyncClientError::Io(e) => Failure::failed(capitalize(&e.to_string())),
-            other => Failure::failed(other.to_string()),
-        })?;
+                ))
+            })?
+            .map_err(|e| match e {
+                AsyncClientError::Refused(reason) => {
+                    Failure::refused(format!("Connection Refused: {reason:?}"))
+                }
+                AsyncClientError::Io(e) => Failure::failed(capitalize(&e.to_string())),
+                other => Failure::failed(other.to_string()),
+            })?;
     trace.log(format_args!("received CONNACK"));
     Ok((client, messages, trace))
 }
@@ -81,19 +82,19 @@ fn capitalize(text: &str) -> String {
 }
 
 /// When `-W` runs out, counted from now.
-fn deadline(timeout: Option<u64>) -> Option<tokio::time::Instant> {
-    timeout.map(|secs| tokio::time::Instant::now() + Duration::from_secs(secs))
+fn deadline(timeout: Option<u64>) -> Option<Instant> {
+    timeout.map(|secs| Instant::now() + Duration::from_secs(secs))
 }
 
 /// Runs `work`, bounded by the `-W` deadline when there is one.
 async fn bounded<T>(
-    deadline: Option<tokio::time::Instant>,
+    deadline: Option<Instant>,
     work: impl Future<Output = Result<T, Failure>>,
 ) -> Result<T, Failure> {
     match deadline {
-        Some(at) => tokio::time::timeout_at(at, work)
+        Some(at) => runtime::timeout_at(at, work)
             .await
-            .unwrap_or_else(|_| Err(Failure::timed_out())),
+            .unwrap_or_else(|| Err(Failure::timed_out())),
         None => work.await,
     }
 }
@@ -211,7 +212,7 @@ pub async fn publish(args: PubArgs) -> Result<(), Failure> {
         };
         trace.log(format_args!("sending DISCONNECT"));
         client.disconnect().await;
-        tokio::time::sleep(FLUSH_GRACE).await;
+        runtime::sleep(FLUSH_GRACE).await;
         result
     })
     .await
@@ -268,7 +269,7 @@ pub async fn subscribe(args: SubArgs) -> Result<(), Failure> {
     .await;
     trace.log(format_args!("sending DISCONNECT"));
     client.disconnect().await;
-    tokio::time::sleep(FLUSH_GRACE).await;
+    runtime::sleep(FLUSH_GRACE).await;
     received
 }
 

@@ -1,33 +1,31 @@
-//! `pub` and `sub` on async-std: not available yet. `surgemq-async-std` has the broker server but no
-//! async client; once it has one with `surgemq_tokio::Client`'s API, this module runs
-//! `crate::pubsub` on it. Until then these fail with a message instead of pretending (and
-//! `bench`, which is tokio-only, still works).
+//! `pub` and `sub` on async-std: `async_std::task::block_on` running [`crate::pubsub`] with
+//! `surgemq_async_std::Client`.
+
+use std::time::{Duration, Instant};
+
+pub(crate) use surgemq_async_std::{AsyncClientError, Client, ClientOptions, Messages};
 
 use crate::app::Failure;
-use crate::cli::{PubArgs, SubArgs};
 
 /// The runtime's name.
 pub(super) const NAME: &str = "async-std";
 
 /// `--version`.
-pub(super) const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (runtime: async-std, no pub/sub yet)"
-);
+pub(super) const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (runtime: async-std)");
 
-fn unavailable() -> Failure {
-    Failure::failed(
-        "pub and sub need an async client on async-std, which surgemq-async-std does not have yet; \
-         rebuild with the tokio feature (the default)",
-    )
+/// Runs `work` to completion on the current thread (the client's tasks run on async-std's
+/// executor).
+pub(super) fn block_on<T>(work: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    async_std::task::block_on(work)
 }
 
-/// Fails: no async-std client yet.
-pub(super) fn publish(_args: PubArgs) -> Result<(), Failure> {
-    Err(unavailable())
+/// Waits `duration`.
+pub(crate) async fn sleep(duration: Duration) {
+    async_std::task::sleep(duration).await;
 }
 
-/// Fails: no async-std client yet.
-pub(super) fn subscribe(_args: SubArgs) -> Result<(), Failure> {
-    Err(unavailable())
+/// `work`'s output, or `None` if `at` comes first.
+pub(crate) async fn timeout_at<T>(at: Instant, work: impl Future<Output = T>) -> Option<T> {
+    let left = at.saturating_duration_since(Instant::now());
+    async_std::future::timeout(left, work).await.ok()
 }

@@ -1,33 +1,34 @@
-//! `pub` and `sub` on smol: not available yet. `surgemq-smol` has the broker server but no
-//! async client; once it has one with `surgemq_tokio::Client`'s API, this module runs
-//! `crate::pubsub` on it. Until then these fail with a message instead of pretending (and
-//! `bench`, which is tokio-only, still works).
+//! `pub` and `sub` on smol: `smol::block_on` running [`crate::pubsub`] with
+//! `surgemq_smol::Client`.
+
+use std::time::{Duration, Instant};
+
+pub(crate) use surgemq_smol::{AsyncClientError, Client, ClientOptions, Messages};
 
 use crate::app::Failure;
-use crate::cli::{PubArgs, SubArgs};
 
 /// The runtime's name.
 pub(super) const NAME: &str = "smol";
 
 /// `--version`.
-pub(super) const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (runtime: smol, no pub/sub yet)"
-);
+pub(super) const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (runtime: smol)");
 
-fn unavailable() -> Failure {
-    Failure::failed(
-        "pub and sub need an async client on smol, which surgemq-smol does not have yet; \
-         rebuild with the tokio feature (the default)",
-    )
+/// Runs `work` to completion on the current thread (the client's tasks run on smol's global
+/// executor).
+pub(super) fn block_on<T>(work: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    smol::block_on(work)
 }
 
-/// Fails: no smol client yet.
-pub(super) fn publish(_args: PubArgs) -> Result<(), Failure> {
-    Err(unavailable())
+/// Waits `duration`.
+pub(crate) async fn sleep(duration: Duration) {
+    smol::Timer::after(duration).await;
 }
 
-/// Fails: no smol client yet.
-pub(super) fn subscribe(_args: SubArgs) -> Result<(), Failure> {
-    Err(unavailable())
+/// `work`'s output, or `None` if `at` comes first.
+pub(crate) async fn timeout_at<T>(at: Instant, work: impl Future<Output = T>) -> Option<T> {
+    smol::future::or(async { Some(work.await) }, async {
+        smol::Timer::at(at).await;
+        None
+    })
+    .await
 }
