@@ -107,53 +107,69 @@ impl MqttString {
 
 /// The checks `ByteString` does not make: length, and no U+0000. (Its UTF-8 check, by
 /// `str::from_utf8`, rejects overlong forms and encoded surrogates U+D800..U+DFFF.)
-fn check_length_and_nul(bytes: &[u8]) -> Result<(), StringError> {
+#[inline]
+pub(crate) fn check_length_and_nul(bytes: &[u8]) -> Result<(), StringError> {
     if bytes.len() > MAX_STRING_LEN {
         return Err(StringError::TooLong { len: bytes.len() });
     }
     // A zero byte only ever encodes U+0000 in UTF-8.
-    if contains_any(bytes, [0]) {
+    if any_byte(bytes, |b| b == 0) {
         return Err(StringError::NullCharacter);
     }
     Ok(())
 }
 
-/// Whether any byte of `bytes` is one of the ASCII `targets`, eight bytes at a time (SWAR): the
-/// hot check of every topic a PUBLISH carries. ASCII targets never match inside a multi-byte
-/// UTF-8 sequence (those bytes are all 0x80 and above), so a byte scan is exact.
-pub(crate) fn contains_any<const N: usize>(bytes: &[u8], targets: [u8; N]) -> bool {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let scan = |word: [u8; 8]| {
-        let x = u64::from_le_bytes(word);
-        targets.iter().fold(0u64, |found, &t| {
-            // A zero byte in `y` marks a byte of `x` equal to `t`.
-            let y = x ^ (LOW * u64::from(t));
-            found | (y.wrapping_sub(LOW) & !y & HIGH)
-        })
-    };
-    let mut chunks = bytes.chunks_exact(8);
-    let mut found = 0u64;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        found |= scan(word);
-    }
-    let tail = chunks.remainder();
-    if !tail.is_empty() {
-        // Pad the tail with a byte that is none of the targets (0x80 never is: targets are
-        // ASCII) and scan it as one more word.
-        let mut word = [0x80u8; 8];
-        if let Some(head) = word.get_mut(..tail.len()) {
-            head.copy_from_slice(tail);
+/// Whether `matches` holds for any byte of `bytes`: the hot scan of every string and topic a
+/// packet carries. Blocks of 16 bytes are folded without an early exit, so that the compiler
+/// checks each block with a few vector instructions; the end is covered by one more block
+/// overlapping the last (checking a byte twice is harmless). `matches` must be a cheap,
+/// branch-free test of one byte. A test for ASCII bytes is exact on UTF-8: the bytes of a
+/// multi-byte character are all 0x80 and above.
+#[inline(always)]
+pub(crate) fn any_byte(bytes: &[u8], matches: impl Fn(u8) -> bool + Copy) -> bool {
+    /// Marks in `found` the bytes of `block` that match, lane by lane: no branch and no
+    /// reduction per block, so a block is a few vector instructions.
+    #[inline(always)]
+    fn mark<const N: usize>(found: &mut [bool; N], block: &[u8; N], matches: impl Fn(u8) -> bool) {
+        for (found, &b) in found.iter_mut().zip(block) {
+            *found |= matches(b);
         }
-        found |= scan(word);
     }
-    found != 0
+    #[inline(always)]
+    fn any<const N: usize>(found: &[bool; N]) -> bool {
+        found.iter().fold(false, |any, &f| any | f)
+    }
+    let (blocks, tail) = bytes.as_chunks::<16>();
+    let mut found = [false; 16];
+    for block in blocks {
+        mark(&mut found, block, matches);
+    }
+    if tail.is_empty() {
+        return any(&found);
+    }
+    if let Some(last) = bytes.last_chunk::<16>() {
+        mark(&mut found, last, matches);
+        return any(&found);
+    }
+    /// Whether any byte of a short block matches.
+    #[inline(always)]
+    fn fold<const N: usize>(block: &[u8; N], matches: impl Fn(u8) -> bool) -> bool {
+        block.iter().fold(false, |found, &b| found | matches(b))
+    }
+    if let (Some(first), Some(last)) = (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+        // 8 to 15 bytes: two overlapping words.
+        return fold(first, matches) | fold(last, matches);
+    }
+    if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        // 4 to 7 bytes: two overlapping half words.
+        return fold(first, matches) | fold(last, matches);
+    }
+    tail.iter().fold(false, |found, &b| found | matches(b))
 }
 
 impl MqttString {
     /// Wraps bytes already checked for length and U+0000 by the caller; checks the UTF-8.
+    #[inline]
     pub(crate) fn from_prechecked(bytes: Bytes) -> Result<Self, StringError> {
         ByteString::try_from(bytes)
             .map(Self)
@@ -248,24 +264,26 @@ mod tests {
     }
 
     #[test]
-    fn contains_any_finds_every_position_and_nothing_else() {
-        for len in 0..40 {
+    fn any_byte_finds_every_position_and_nothing_else() {
+        // Every length through the block, word and half-word paths, a match at every position.
+        let targets = |b: u8| b == 0 || b | 0x08 == b'+';
+        for len in 0..70 {
             let clean = alloc::vec![b'a'; len];
-            assert!(!contains_any(&clean, [0, b'+', b'#']));
+            assert!(!any_byte(&clean, targets), "{len}");
             for at in 0..len {
                 for t in [0u8, b'+', b'#'] {
                     let mut v = clean.clone();
                     v[at] = t;
-                    assert!(contains_any(&v, [0, b'+', b'#']), "{len} {at} {t}");
-                    assert!(!contains_any(&v, [b'$']));
+                    assert!(any_byte(&v, targets), "{len} {at} {t}");
+                    assert!(!any_byte(&v, |b| b == b'$'));
                 }
             }
         }
-        // Bytes of multi-byte characters are never mistaken for ASCII targets.
-        assert!(!contains_any(
-            "é€😀é€😀é€😀".as_bytes(),
-            [0, b'+', b'#', b'/']
-        ));
+        // Bytes of multi-byte characters are never mistaken for ASCII targets, nor are the
+        // neighbours of '+' and '#' that differ from them in one bit.
+        let or_slash = |b: u8| targets(b) || b == b'/';
+        assert!(!any_byte("é€😀é€😀é€😀".as_bytes(), or_slash));
+        assert!(!any_byte(b"\x03\x0b*,\"'()ab/cd", targets));
     }
 
     #[test]

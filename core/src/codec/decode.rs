@@ -58,6 +58,7 @@ pub enum Decoded {
 ///
 /// The flags are checked here, and so is `max_packet_size`: an oversize packet is refused as
 /// soon as its Remaining Length is known, before its body is buffered.
+#[inline]
 pub fn parse_fixed_header(
     buf: &[u8],
     max_packet_size: u32,
@@ -67,28 +68,36 @@ pub fn parse_fixed_header(
     };
     let type_nibble = first >> 4;
     let flags = first & 0x0f;
-    let packet_type = PacketType::from_u8(type_nibble).ok_or(DecodeError::ReservedPacketType {
-        packet_type: type_nibble,
-    })?;
-    match packet_type.required_flags() {
-        Some(required) if flags != required => {
+    let packet_type = if type_nibble == PacketType::Publish as u8 {
+        // PUBLISH first, the common case: DUP, QoS, RETAIN.
+        let qos = (flags >> 1) & 0b11;
+        if qos == 3 {
+            return Err(DecodeError::InvalidQoS);
+        }
+        if qos == 0 && flags & 0b1000 != 0 {
+            return Err(DecodeError::DupOnQoS0);
+        }
+        PacketType::Publish
+    } else {
+        let packet_type =
+            PacketType::from_u8(type_nibble).ok_or(DecodeError::ReservedPacketType {
+                packet_type: type_nibble,
+            })?;
+        // Every other type has fixed flags.
+        if let Some(required) = packet_type.required_flags()
+            && flags != required
+        {
             return Err(DecodeError::InvalidHeaderFlags { packet_type, flags });
         }
-        Some(_) => {}
-        None => {
-            // PUBLISH: DUP, QoS, RETAIN.
-            let qos = (flags >> 1) & 0b11;
-            if qos == 3 {
-                return Err(DecodeError::InvalidQoS);
-            }
-            if qos == 0 && flags & 0b1000 != 0 {
-                return Err(DecodeError::DupOnQoS0);
-            }
-        }
-    }
-    let (remaining_length, len) = match wire::read_var_int(rest)? {
-        VarInt::Complete { value, len } => (value, len),
-        VarInt::Incomplete => return Ok(None),
+        packet_type
+    };
+    let (remaining_length, len) = match rest.first() {
+        // One byte, the common case: below 128 it is complete and minimal.
+        Some(&byte) if byte < 0x80 => (u32::from(byte), 1),
+        _ => match wire::read_var_int(rest)? {
+            VarInt::Complete { value, len } => (value, len),
+            VarInt::Incomplete => return Ok(None),
+        },
     };
     let header = FixedHeader {
         packet_type,
@@ -139,9 +148,15 @@ pub fn decode_buf(
         buf.reserve(header.packet_len() - buf.len());
         return Ok(None);
     }
-    let mut packet_bytes = buf.split_to(header.packet_len());
-    bytes::Buf::advance(&mut packet_bytes, header.header_len);
-    decode_body(&header, packet_bytes.freeze(), version).map(Some)
+    let packet = buf.split_to(header.packet_len()).freeze();
+    let r = Reader::at(packet, header.header_len);
+    if header.packet_type == PacketType::Publish {
+        // The hot path of a broker: the packet is built where it is returned.
+        return publish(r, header.flags, version.is_v5(), |p| {
+            Some(Packet::Publish(p))
+        });
+    }
+    decode_other(&header, r, version).map(Some)
 }
 
 /// Decodes a packet body whose fixed header has been parsed.
@@ -150,24 +165,48 @@ pub fn decode_body(
     body: Bytes,
     version: ProtocolVersion,
 ) -> Result<Packet, DecodeError> {
-    let mut r = Reader::new(body);
+    decode_from(header, Reader::new(body), version)
+}
+
+/// Decodes the body `r` is positioned at.
+#[inline(always)]
+fn decode_from(
+    header: &FixedHeader,
+    r: Reader,
+    version: ProtocolVersion,
+) -> Result<Packet, DecodeError> {
+    if header.packet_type == PacketType::Publish {
+        // The hot path of a broker: inlined, apart from the general dispatch.
+        return publish(r, header.flags, version.is_v5(), Packet::Publish);
+    }
+    decode_other(header, r, version)
+}
+
+/// Decodes every packet but PUBLISH.
+#[inline(never)]
+fn decode_other(
+    header: &FixedHeader,
+    mut r: Reader,
+    version: ProtocolVersion,
+) -> Result<Packet, DecodeError> {
+    let r = &mut r;
     let v5 = version.is_v5();
     let packet = match header.packet_type {
-        PacketType::Connect => Packet::Connect(alloc::boxed::Box::new(connect(&mut r)?)),
-        PacketType::ConnAck => Packet::ConnAck(connack(&mut r, v5)?),
-        PacketType::Publish => Packet::Publish(publish(&mut r, header.flags, v5)?),
-        PacketType::PubAck => Packet::PubAck(pub_ack(&mut r, v5, PacketType::PubAck)?),
-        PacketType::PubRec => Packet::PubRec(pub_ack(&mut r, v5, PacketType::PubRec)?),
-        PacketType::PubRel => Packet::PubRel(pub_rel(&mut r, v5, PacketType::PubRel)?),
-        PacketType::PubComp => Packet::PubComp(pub_rel(&mut r, v5, PacketType::PubComp)?),
-        PacketType::Subscribe => Packet::Subscribe(subscribe(&mut r, v5)?),
-        PacketType::SubAck => Packet::SubAck(suback(&mut r, v5)?),
-        PacketType::Unsubscribe => Packet::Unsubscribe(unsubscribe(&mut r, v5)?),
-        PacketType::UnsubAck => Packet::UnsubAck(unsuback(&mut r, v5)?),
+        PacketType::Connect => Packet::Connect(alloc::boxed::Box::new(connect(r)?)),
+        PacketType::ConnAck => Packet::ConnAck(connack(r, v5)?),
+        PacketType::Publish => publish(Reader::new(r.rest()), header.flags, v5, Packet::Publish)?,
+        PacketType::PubAck => Packet::PubAck(pub_ack(r, v5, PacketType::PubAck)?),
+        PacketType::PubRec => Packet::PubRec(pub_ack(r, v5, PacketType::PubRec)?),
+        PacketType::PubRel => Packet::PubRel(pub_rel(r, v5, PacketType::PubRel)?),
+        PacketType::PubComp => Packet::PubComp(pub_rel(r, v5, PacketType::PubComp)?),
+        PacketType::Subscribe => Packet::Subscribe(subscribe(r, v5)?),
+        PacketType::SubAck => Packet::SubAck(suback(r, v5)?),
+        PacketType::Unsubscribe => Packet::Unsubscribe(unsubscribe(r, v5)?),
+        PacketType::UnsubAck => Packet::UnsubAck(unsuback(r, v5)?),
         PacketType::PingReq => Packet::PingReq,
         PacketType::PingResp => Packet::PingResp,
-        PacketType::Disconnect => Packet::Disconnect(disconnect(&mut r, v5)?),
-        PacketType::Auth if v5 => Packet::Auth(auth(&mut r)?),
+        PacketType::Disconnect => Packet::Disconnect(disconnect(r, v5)?),
+        PacketType::Auth if v5 => Packet::Auth(auth(r)?),
         PacketType::Auth => return Err(DecodeError::ReservedPacketType { packet_type: 15 }),
     };
     r.finish()?;
@@ -287,21 +326,28 @@ fn connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
     })
 }
 
-fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
+/// Reads a PUBLISH body; the payload is the rest of the packet, so nothing can trail it.
+/// `wrap` makes the caller's result of the PUBLISH, so that it is built in place, not moved.
+#[inline(always)]
+fn publish<T>(
+    mut reader: Reader,
+    flags: u8,
+    v5: bool,
+    wrap: impl FnOnce(Publish) -> T,
+) -> Result<T, DecodeError> {
+    let r = &mut reader;
     let dup = flags & 0b1000 != 0;
     let retain = flags & 0b0001 != 0;
     // The fixed header parser already refused QoS 3.
     let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
-    let raw_topic = r.binary()?;
+    let raw_topic = r.binary_range()?;
     // An empty name is valid only with a 5.0 Topic Alias, known after the properties.
     let topic = if raw_topic.is_empty() {
         None
     } else {
-        Some(TopicName::from_bytes(raw_topic).map_err(|e| match e {
-            // String rules keep their own error, as for every other string field.
-            TopicError::String(e) => DecodeError::InvalidString(e),
-            e => DecodeError::InvalidTopicName(e),
-        })?)
+        // Checked while borrowed, shared only once it passed.
+        TopicName::check_wire(r.peek(raw_topic.clone())).map_err(topic_error)?;
+        Some(TopicName::from_checked_wire(r.share(raw_topic)).map_err(topic_error)?)
     };
     let packet_id = match qos {
         QoS::AtMostOnce => None,
@@ -313,15 +359,24 @@ fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> 
         None if v5 && properties.topic_alias().is_some() => TopicName::alias_only(),
         None => return Err(DecodeError::InvalidTopicName(TopicError::Empty)),
     };
-    Ok(Publish {
+    Ok(wrap(Publish {
         dup,
         qos,
         retain,
         topic,
         packet_id,
         properties,
-        payload: r.rest(),
-    })
+        payload: reader.into_rest(),
+    }))
+}
+
+/// The error for a PUBLISH topic: string rules keep their own error, as for every other
+/// string field.
+fn topic_error(e: TopicError) -> DecodeError {
+    match e {
+        TopicError::String(e) => DecodeError::InvalidString(e),
+        e => DecodeError::InvalidTopicName(e),
+    }
 }
 
 /// Reads the optional reason code and property list that end 5.0 acknowledgements: both may be

@@ -30,6 +30,7 @@ impl Packet {
 
     /// Appends the packet to `out` and returns the bytes written. On error nothing is written.
     /// A CONNECT is encoded in its own `protocol` version; other packets in `version`.
+    #[inline(always)]
     pub fn encode(
         &self,
         version: ProtocolVersion,
@@ -37,8 +38,18 @@ impl Packet {
     ) -> Result<usize, EncodeError> {
         if let Packet::Publish(publish) = self {
             // The hot path of a broker: no general plan, no dispatch.
-            return publish.encode(version, out);
+            return publish.view().encode(version, out);
         }
+        self.encode_other(version, out)
+    }
+
+    /// [`Self::encode`] for every packet but PUBLISH.
+    #[inline(never)]
+    fn encode_other(
+        &self,
+        version: ProtocolVersion,
+        out: &mut impl BufMut,
+    ) -> Result<usize, EncodeError> {
         let plan = plan(self, version)?;
         let total = total_len(plan.remaining);
         if out.remaining_mut() < total {
@@ -54,6 +65,7 @@ impl Packet {
 
 impl Publish {
     /// Encodes this PUBLISH (what [`Packet::encode`] does for it). On error nothing is written.
+    #[inline]
     pub fn encode(
         &self,
         version: ProtocolVersion,
@@ -63,6 +75,7 @@ impl Publish {
     }
 
     /// Zero-copy encoding: see [`PublishView::encode_head`].
+    #[inline]
     pub fn encode_head(
         &self,
         version: ProtocolVersion,
@@ -72,6 +85,7 @@ impl Publish {
     }
 
     /// This PUBLISH as a borrowed view.
+    #[inline]
     pub fn view(&self) -> PublishView<'_> {
         PublishView {
             dup: self.dup,
@@ -108,6 +122,7 @@ pub struct PublishView<'a> {
 
 impl PublishView<'_> {
     /// Encodes the whole PUBLISH. On error nothing is written.
+    #[inline(always)]
     pub fn encode(
         &self,
         version: ProtocolVersion,
@@ -132,6 +147,7 @@ impl PublishView<'_> {
     /// vectored write), so one payload serves every subscriber of a fan-out without a copy.
     /// Worth it for large payloads; below a few hundred bytes a copy is cheaper than sharing.
     /// On error nothing is written.
+    #[inline]
     pub fn encode_head(
         &self,
         version: ProtocolVersion,
@@ -157,6 +173,7 @@ impl PublishView<'_> {
     }
 
     /// Checks the fields; returns the property list's body length and the Remaining Length.
+    #[inline(always)]
     fn plan(&self, v5: bool) -> Result<(usize, usize), EncodeError> {
         if (self.qos == QoS::AtMostOnce) != self.packet_id.is_none() {
             return Err(EncodeError::PacketIdMismatch);
@@ -167,7 +184,11 @@ impl PublishView<'_> {
         if self.topic.is_empty() && !(v5 && self.properties.topic_alias().is_some()) {
             return Err(EncodeError::EmptyTopicName);
         }
-        let (body, wire_len) = props_len(self.properties, v5, PropertyContext::Publish)?;
+        let (body, wire_len) = if v5 {
+            props_len(self.properties, v5, PropertyContext::Publish)?
+        } else {
+            (0, 0)
+        };
         let id_len = if self.packet_id.is_some() { 2 } else { 0 };
         let len = wire::prefixed_len(self.topic.as_mqtt_string().len())
             + id_len
@@ -182,26 +203,29 @@ impl PublishView<'_> {
         Ok((body, len))
     }
 
+    /// Writes the fixed header, topic, packet identifier and properties, in as few writes as
+    /// the fields allow (each write into a `BufMut` has a fixed cost).
+    #[inline(always)]
     fn write_head(&self, v5: bool, props_body: usize, remaining: usize, out: &mut impl BufMut) {
         let first =
             0x30 | (u8::from(self.dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain);
         let topic = self.topic.as_mqtt_string().as_bytes();
-        let remaining = u32::try_from(remaining).unwrap_or(MAX_VAR_INT);
+        // The fixed header and the topic's length in one write. No truncation: a topic is an
+        // `MqttString`, at most 65,535 bytes.
+        let [len_hi, len_lo] = (topic.len() as u16).to_be_bytes();
         if remaining < 128 {
-            // The common small packet: first byte, length and topic length in one write.
-            let len = u16::try_from(topic.len()).unwrap_or(u16::MAX).to_be_bytes();
-            // No truncation: `remaining` < 128.
-            out.put_slice(&[first, remaining as u8, len[0], len[1]]);
-            out.put_slice(topic);
+            // No truncation: below 128.
+            out.put_slice(&[first, remaining as u8, len_hi, len_lo]);
         } else {
-            out.put_u8(first);
-            wire::put_var_int(out, remaining);
-            wire::put_binary(out, topic);
+            wire::put_header(out, first, remaining, [len_hi, len_lo]);
         }
+        out.put_slice(topic);
         if let Some(id) = self.packet_id {
             out.put_u16(id.get());
         }
-        write_props(self.properties, props_body, v5, out);
+        if v5 {
+            self.properties.write(props_body, out);
+        }
     }
 }
 
@@ -418,23 +442,26 @@ fn write_ack_tail(code: u8, props: &Properties, body_len: usize, v5: bool, out: 
     }
 }
 
+/// Writes the packet `plan` was made for. The fixed header goes out in one write with the
+/// fixed-size fields that follow it.
 fn write(packet: &Packet, version: ProtocolVersion, plan: Plan, out: &mut impl BufMut) {
     let v5 = version.is_v5();
-    out.put_u8(first_byte(packet));
-    wire::put_var_int(out, u32::try_from(plan.remaining).unwrap_or(MAX_VAR_INT));
+    let first = first_byte(packet);
+    let remaining = plan.remaining;
     match packet {
-        Packet::Connect(c) => write_connect(c, plan, out),
+        Packet::Connect(c) => write_connect(c, first, plan, out),
         Packet::ConnAck(c) => {
-            out.put_u8(u8::from(c.session_present));
-            out.put_u8(if v5 {
+            let code = if v5 {
                 c.reason.code()
             } else {
                 c.reason.to_v3_return_code()
-            });
+            };
+            wire::put_header(out, first, remaining, [u8::from(c.session_present), code]);
             write_props(&c.properties, plan.properties, v5, out);
         }
         // Encoded by `Publish::encode`; kept here so that `write` stays total.
         Packet::Publish(p) => {
+            wire::put_header(out, first, remaining, []);
             wire::put_binary(out, p.topic.as_mqtt_string().as_bytes());
             if let Some(id) = p.packet_id {
                 out.put_u16(id.get());
@@ -443,15 +470,15 @@ fn write(packet: &Packet, version: ProtocolVersion, plan: Plan, out: &mut impl B
             out.put_slice(&p.payload);
         }
         Packet::PubAck(a) | Packet::PubRec(a) => {
-            out.put_u16(a.packet_id.get());
+            wire::put_header(out, first, remaining, a.packet_id.get().to_be_bytes());
             write_ack_tail(a.reason.code(), &a.properties, plan.properties, v5, out);
         }
         Packet::PubRel(a) | Packet::PubComp(a) => {
-            out.put_u16(a.packet_id.get());
+            wire::put_header(out, first, remaining, a.packet_id.get().to_be_bytes());
             write_ack_tail(a.reason.code(), &a.properties, plan.properties, v5, out);
         }
         Packet::Subscribe(s) => {
-            out.put_u16(s.packet_id.get());
+            wire::put_header(out, first, remaining, s.packet_id.get().to_be_bytes());
             write_props(&s.properties, plan.properties, v5, out);
             for (filter, o) in &s.filters {
                 wire::put_binary(out, filter.as_mqtt_string().as_bytes());
@@ -465,7 +492,7 @@ fn write(packet: &Packet, version: ProtocolVersion, plan: Plan, out: &mut impl B
             }
         }
         Packet::SubAck(s) => {
-            out.put_u16(s.packet_id.get());
+            wire::put_header(out, first, remaining, s.packet_id.get().to_be_bytes());
             write_props(&s.properties, plan.properties, v5, out);
             for reason in &s.reasons {
                 out.put_u8(match reason {
@@ -479,14 +506,14 @@ fn write(packet: &Packet, version: ProtocolVersion, plan: Plan, out: &mut impl B
             }
         }
         Packet::Unsubscribe(u) => {
-            out.put_u16(u.packet_id.get());
+            wire::put_header(out, first, remaining, u.packet_id.get().to_be_bytes());
             write_props(&u.properties, plan.properties, v5, out);
             for filter in &u.filters {
                 wire::put_binary(out, filter.as_mqtt_string().as_bytes());
             }
         }
         Packet::UnsubAck(u) => {
-            out.put_u16(u.packet_id.get());
+            wire::put_header(out, first, remaining, u.packet_id.get().to_be_bytes());
             if v5 {
                 u.properties.write(plan.properties, out);
                 for reason in &u.reasons {
@@ -494,28 +521,41 @@ fn write(packet: &Packet, version: ProtocolVersion, plan: Plan, out: &mut impl B
                 }
             }
         }
-        Packet::PingReq | Packet::PingResp => {}
+        Packet::PingReq | Packet::PingResp => wire::put_header(out, first, remaining, []),
         Packet::Disconnect(d) => {
+            wire::put_header(out, first, remaining, []);
             write_ack_tail(d.reason.code(), &d.properties, plan.properties, v5, out);
         }
         Packet::Auth(a) => {
+            wire::put_header(out, first, remaining, []);
             write_ack_tail(a.reason.code(), &a.properties, plan.properties, v5, out);
         }
     }
 }
 
-fn write_connect(c: &Connect, plan: Plan, out: &mut impl BufMut) {
+/// CONNECT: the fixed header and the whole fixed-size variable header (protocol name and
+/// level, flags, keep alive) in one write.
+fn write_connect(c: &Connect, first: u8, plan: Plan, out: &mut impl BufMut) {
     let v5 = c.protocol.is_v5();
-    wire::put_binary(out, c.protocol.protocol_name().as_bytes());
-    out.put_u8(c.protocol.level());
     let mut flags = u8::from(c.clean_start) << 1;
     if let Some(will) = &c.will {
         flags |= 0b100 | (will.qos.as_u8() << 3) | (u8::from(will.retain) << 5);
     }
     flags |= u8::from(c.password.is_some()) << 6;
     flags |= u8::from(c.username.is_some()) << 7;
-    out.put_u8(flags);
-    out.put_u16(c.keep_alive);
+    let [ka_hi, ka_lo] = c.keep_alive.to_be_bytes();
+    let level = c.protocol.level();
+    match c.protocol.protocol_name().as_bytes() {
+        &[a, b, c, d] => {
+            let rest = [0, 4, a, b, c, d, level, flags, ka_hi, ka_lo];
+            wire::put_header(out, first, plan.remaining, rest);
+        }
+        name => {
+            wire::put_header(out, first, plan.remaining, []);
+            wire::put_binary(out, name);
+            out.put_slice(&[level, flags, ka_hi, ka_lo]);
+        }
+    }
     write_props(&c.properties, plan.properties, v5, out);
     wire::put_binary(out, c.client_id.as_bytes());
     if let Some(will) = &c.will {

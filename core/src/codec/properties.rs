@@ -47,6 +47,84 @@ pub enum PropertyContext {
     Auth,
 }
 
+impl PropertyContext {
+    /// Every context, in declaration order (`context as usize` indexes it).
+    pub const ALL: [Self; 14] = [
+        Self::Connect,
+        Self::Will,
+        Self::ConnAck,
+        Self::Publish,
+        Self::PubAck,
+        Self::PubRec,
+        Self::PubRel,
+        Self::PubComp,
+        Self::Subscribe,
+        Self::SubAck,
+        Self::Unsubscribe,
+        Self::UnsubAck,
+        Self::Disconnect,
+        Self::Auth,
+    ];
+
+    /// The properties a list in this context may carry, as a set of [`PropertyId::bit`]s: the
+    /// table form of [`PropertyId::allowed_in`], for the per-property check of every list.
+    #[inline]
+    fn allowed_ids(self) -> u64 {
+        const TABLE: [u64; PropertyContext::ALL.len()] = id_sets(false);
+        TABLE.get(self as usize).copied().unwrap_or(0)
+    }
+
+    /// The properties that may repeat in this context, as a set of [`PropertyId::bit`]s: the
+    /// table form of [`PropertyId::may_repeat_in`].
+    #[inline]
+    fn repeatable_ids(self) -> u64 {
+        const TABLE: [u64; PropertyContext::ALL.len()] = id_sets(true);
+        TABLE.get(self as usize).copied().unwrap_or(0)
+    }
+}
+
+/// [`PropertyId::from_u32`] for every byte below 128, built at compile time.
+// Evaluated at compile time only: an index out of bounds fails the build, never a run.
+#[allow(clippy::indexing_slicing)]
+const fn id_table() -> [Option<PropertyId>; 128] {
+    let mut table = [None; 128];
+    let mut id = 0;
+    while id < table.len() {
+        table[id] = PropertyId::from_u32(id as u32);
+        id += 1;
+    }
+    table
+}
+
+/// For each context, the set of properties [`PropertyId::allowed_in`] it (or, with `repeat`,
+/// that [`PropertyId::may_repeat_in`] it): the rules stay stated once, as `match`es, and the
+/// hot checks use these tables, built at compile time.
+// Evaluated at compile time only: an index out of bounds fails the build, never a run.
+#[allow(clippy::indexing_slicing)]
+const fn id_sets(repeat: bool) -> [u64; PropertyContext::ALL.len()] {
+    let mut table = [0; PropertyContext::ALL.len()];
+    let mut c = 0;
+    while c < PropertyContext::ALL.len() {
+        // The tables are indexed by `context as usize`.
+        assert!(PropertyContext::ALL[c] as usize == c, "ALL is out of order");
+        let mut i = 0;
+        while i < PropertyId::ALL.len() {
+            let (id, context) = (PropertyId::ALL[i], PropertyContext::ALL[c]);
+            let member = if repeat {
+                id.may_repeat_in(context)
+            } else {
+                id.allowed_in(context)
+            };
+            if member {
+                table[c] |= id.bit();
+            }
+            i += 1;
+        }
+        c += 1;
+    }
+    table
+}
+
 macro_rules! property_ids {
     ($( $(#[$meta:meta])* $name:ident = $id:literal : [$($ctx:ident),+], )+) => {
         /// The identifier byte of each MQTT 5.0 property.
@@ -136,6 +214,51 @@ property_ids! {
 }
 
 impl PropertyId {
+    /// The identifier for a byte: [`Self::from_u32`] as a table, for the decoder.
+    #[inline]
+    fn from_byte(id: u8) -> Option<Self> {
+        const TABLE: [Option<PropertyId>; 128] = id_table();
+        TABLE.get(usize::from(id)).copied().flatten()
+    }
+
+    /// How the value is laid out on the wire (5.0 section 2.2.2.2), for skipping over it.
+    const fn layout(self) -> ValueLayout {
+        match self {
+            Self::PayloadFormatIndicator
+            | Self::RequestProblemInformation
+            | Self::RequestResponseInformation
+            | Self::MaximumQoS
+            | Self::RetainAvailable
+            | Self::WildcardSubscriptionAvailable
+            | Self::SubscriptionIdentifierAvailable
+            | Self::SharedSubscriptionAvailable => ValueLayout::Fixed(1),
+            Self::ServerKeepAlive
+            | Self::ReceiveMaximum
+            | Self::TopicAliasMaximum
+            | Self::TopicAlias => ValueLayout::Fixed(2),
+            Self::MessageExpiryInterval
+            | Self::SessionExpiryInterval
+            | Self::WillDelayInterval
+            | Self::MaximumPacketSize => ValueLayout::Fixed(4),
+            Self::SubscriptionIdentifier => ValueLayout::VarInt,
+            Self::ContentType
+            | Self::ResponseTopic
+            | Self::CorrelationData
+            | Self::AssignedClientIdentifier
+            | Self::AuthenticationMethod
+            | Self::AuthenticationData
+            | Self::ResponseInformation
+            | Self::ServerReference
+            | Self::ReasonString => ValueLayout::Prefixed(1),
+            Self::UserProperty => ValueLayout::Prefixed(2),
+        }
+    }
+
+    /// This identifier in a set of identifiers kept as a `u64` (every identifier is below 64).
+    pub const fn bit(self) -> u64 {
+        1 << (self as u8)
+    }
+
     /// Whether the property may appear more than once in `context`: User Property anywhere,
     /// Subscription Identifier in PUBLISH (5.0 section 2.2.2.2).
     pub const fn may_repeat_in(self, context: PropertyContext) -> bool {
@@ -145,6 +268,55 @@ impl PropertyId {
             _ => false,
         }
     }
+}
+
+/// How a property value is laid out on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueLayout {
+    /// A fixed number of bytes.
+    Fixed(usize),
+    /// A Variable Byte Integer.
+    VarInt,
+    /// This many fields of a two-byte length and that many bytes.
+    Prefixed(usize),
+}
+
+/// Most properties [`count`] counts: a list is sized once up to this and grows past it as any
+/// `Vec` does. Without a cap, a peer could make us reserve room for a huge list of tiny
+/// properties that the read then refuses at the first one; 32 is more than real lists carry.
+const COUNT_CAP: usize = 32;
+
+/// How many properties the list body `bytes` holds (at most [`COUNT_CAP`]), to size the list
+/// once before it is read. Only lengths are looked at; a malformed list is counted as far as
+/// it goes, and reading it then fails.
+fn count(mut bytes: &[u8]) -> usize {
+    let mut count = 0;
+    // Every identifier is below 128: one byte.
+    while let Some((&id, value)) = bytes.split_first()
+        && count < COUNT_CAP
+    {
+        let Some(id) = PropertyId::from_byte(id) else {
+            break;
+        };
+        let len = match id.layout() {
+            ValueLayout::Fixed(len) => len,
+            ValueLayout::VarInt => value
+                .iter()
+                .position(|b| b & 0x80 == 0)
+                .map_or(value.len(), |last| last + 1),
+            ValueLayout::Prefixed(fields) => {
+                let mut len = 0;
+                for _ in 0..fields {
+                    let field = value.get(len..).and_then(|rest| rest.first_chunk::<2>());
+                    len += 2 + field.map_or(0, |&n| usize::from(u16::from_be_bytes(n)));
+                }
+                len
+            }
+        };
+        count += 1;
+        bytes = value.get(len..).unwrap_or_default();
+    }
+    count
 }
 
 /// One MQTT 5.0 property with its value.
@@ -243,7 +415,14 @@ impl Property {
     /// Whether the value is one the spec allows (flags are 0 or 1; identifiers, Receive Maximum,
     /// Maximum Packet Size and Topic Alias are never 0; binary data fits its length prefix).
     pub fn is_valid_value(&self) -> bool {
-        match self {
+        self.checked_value_len().is_some()
+    }
+
+    /// The value's length on the wire, or `None` when [`Self::is_valid_value`] is false: both
+    /// in one `match`, as the encoder needs both for every property.
+    #[inline]
+    fn checked_value_len(&self) -> Option<usize> {
+        let (valid, len) = match self {
             Self::PayloadFormatIndicator(v)
             | Self::RequestProblemInformation(v)
             | Self::RequestResponseInformation(v)
@@ -251,53 +430,40 @@ impl Property {
             | Self::RetainAvailable(v)
             | Self::WildcardSubscriptionAvailable(v)
             | Self::SubscriptionIdentifierAvailable(v)
-            | Self::SharedSubscriptionAvailable(v) => *v <= 1,
-            Self::SubscriptionIdentifier(v) => (1..=MAX_VAR_INT).contains(v),
-            Self::ReceiveMaximum(v) | Self::TopicAlias(v) => *v != 0,
-            Self::MaximumPacketSize(v) => *v != 0,
-            Self::CorrelationData(b) | Self::AuthenticationData(b) => {
-                b.len() <= usize::from(u16::MAX)
-            }
-            Self::ResponseTopic(t) => !t.is_empty(),
-            _ => true,
-        }
-    }
-
-    fn encoded_len(&self) -> usize {
-        let value = match self {
-            Self::PayloadFormatIndicator(_)
-            | Self::RequestProblemInformation(_)
-            | Self::RequestResponseInformation(_)
-            | Self::MaximumQoS(_)
-            | Self::RetainAvailable(_)
-            | Self::WildcardSubscriptionAvailable(_)
-            | Self::SubscriptionIdentifierAvailable(_)
-            | Self::SharedSubscriptionAvailable(_) => 1,
-            Self::ServerKeepAlive(_)
-            | Self::ReceiveMaximum(_)
-            | Self::TopicAliasMaximum(_)
-            | Self::TopicAlias(_) => 2,
+            | Self::SharedSubscriptionAvailable(v) => (*v <= 1, 1),
+            Self::ReceiveMaximum(v) | Self::TopicAlias(v) => (*v != 0, 2),
+            Self::ServerKeepAlive(_) | Self::TopicAliasMaximum(_) => (true, 2),
+            Self::MaximumPacketSize(v) => (*v != 0, 4),
             Self::MessageExpiryInterval(_)
             | Self::SessionExpiryInterval(_)
-            | Self::WillDelayInterval(_)
-            | Self::MaximumPacketSize(_) => 4,
-            Self::SubscriptionIdentifier(v) => wire::var_int_len(*v),
+            | Self::WillDelayInterval(_) => (true, 4),
+            Self::SubscriptionIdentifier(v) => {
+                ((1..=MAX_VAR_INT).contains(v), wire::var_int_len(*v))
+            }
             Self::ContentType(s)
             | Self::AssignedClientIdentifier(s)
             | Self::AuthenticationMethod(s)
             | Self::ResponseInformation(s)
             | Self::ServerReference(s)
-            | Self::ReasonString(s) => wire::prefixed_len(s.len()),
-            Self::ResponseTopic(t) => wire::prefixed_len(t.as_str().len()),
-            Self::CorrelationData(b) | Self::AuthenticationData(b) => wire::prefixed_len(b.len()),
-            Self::UserProperty(k, v) => wire::prefixed_len(k.len()) + wire::prefixed_len(v.len()),
+            | Self::ReasonString(s) => (true, wire::prefixed_len(s.len())),
+            Self::ResponseTopic(t) => (!t.is_empty(), wire::prefixed_len(t.as_str().len())),
+            Self::CorrelationData(b) | Self::AuthenticationData(b) => (
+                b.len() <= usize::from(u16::MAX),
+                wire::prefixed_len(b.len()),
+            ),
+            Self::UserProperty(k, v) => (
+                true,
+                wire::prefixed_len(k.len()) + wire::prefixed_len(v.len()),
+            ),
         };
-        // Every identifier is below 128, so it takes one byte as a Variable Byte Integer.
-        1 + value
+        valid.then_some(len)
     }
 
+    /// Writes the identifier and the value; a fixed-size value goes with its identifier in
+    /// one write, a string or binary value with its length prefix.
+    #[inline]
     fn write(&self, out: &mut impl BufMut) {
-        out.put_u8(self.id() as u8);
+        let id = self.id() as u8;
         match self {
             Self::PayloadFormatIndicator(v)
             | Self::RequestProblemInformation(v)
@@ -306,26 +472,37 @@ impl Property {
             | Self::RetainAvailable(v)
             | Self::WildcardSubscriptionAvailable(v)
             | Self::SubscriptionIdentifierAvailable(v)
-            | Self::SharedSubscriptionAvailable(v) => out.put_u8(*v),
+            | Self::SharedSubscriptionAvailable(v) => out.put_slice(&[id, *v]),
             Self::ServerKeepAlive(v)
             | Self::ReceiveMaximum(v)
             | Self::TopicAliasMaximum(v)
-            | Self::TopicAlias(v) => out.put_u16(*v),
+            | Self::TopicAlias(v) => {
+                let [a, b] = v.to_be_bytes();
+                out.put_slice(&[id, a, b]);
+            }
             Self::MessageExpiryInterval(v)
             | Self::SessionExpiryInterval(v)
             | Self::WillDelayInterval(v)
-            | Self::MaximumPacketSize(v) => out.put_u32(*v),
-            Self::SubscriptionIdentifier(v) => wire::put_var_int(out, *v),
+            | Self::MaximumPacketSize(v) => {
+                let [a, b, c, d] = v.to_be_bytes();
+                out.put_slice(&[id, a, b, c, d]);
+            }
+            Self::SubscriptionIdentifier(v) => {
+                out.put_u8(id);
+                wire::put_var_int(out, *v);
+            }
             Self::ContentType(s)
             | Self::AssignedClientIdentifier(s)
             | Self::AuthenticationMethod(s)
             | Self::ResponseInformation(s)
             | Self::ServerReference(s)
-            | Self::ReasonString(s) => wire::put_binary(out, s.as_bytes()),
-            Self::ResponseTopic(t) => wire::put_binary(out, t.as_str().as_bytes()),
-            Self::CorrelationData(b) | Self::AuthenticationData(b) => wire::put_binary(out, b),
+            | Self::ReasonString(s) => wire::put_prefixed(out, id, s.as_bytes()),
+            Self::ResponseTopic(t) => wire::put_prefixed(out, id, t.as_str().as_bytes()),
+            Self::CorrelationData(b) | Self::AuthenticationData(b) => {
+                wire::put_prefixed(out, id, b)
+            }
             Self::UserProperty(k, v) => {
-                wire::put_binary(out, k.as_bytes());
+                wire::put_prefixed(out, id, k.as_bytes());
                 wire::put_binary(out, v.as_bytes());
             }
         }
@@ -486,22 +663,25 @@ impl Properties {
     /// Checks every property against `context`: allowed there, valid value, not repeated where
     /// repeats are forbidden. Returns the length of the list's body on the wire.
     pub(crate) fn checked_body_len(&self, context: PropertyContext) -> Result<usize, EncodeError> {
+        let allowed = context.allowed_ids();
+        let repeatable = context.repeatable_ids();
         let mut seen: u64 = 0;
         let mut len = 0usize;
         for p in &self.0 {
             let id = p.id();
-            if !id.allowed_in(context) {
+            let bit = id.bit();
+            if allowed & bit == 0 {
                 return Err(EncodeError::PropertyNotAllowed { id, context });
             }
-            if !p.is_valid_value() {
+            let Some(value_len) = p.checked_value_len() else {
                 return Err(EncodeError::InvalidPropertyValue { id });
-            }
-            let bit = 1u64 << (id as u8);
-            if seen & bit != 0 && !id.may_repeat_in(context) {
+            };
+            if seen & bit & !repeatable != 0 {
                 return Err(EncodeError::DuplicateProperty { id });
             }
             seen |= bit;
-            len += p.encoded_len();
+            // Every identifier is below 128, so it takes one byte as a Variable Byte Integer.
+            len += 1 + value_len;
         }
         if len > MAX_VAR_INT as usize {
             return Err(EncodeError::PacketTooLarge {
@@ -531,26 +711,41 @@ impl Properties {
         if len == 0 {
             return Ok(Self::new());
         }
-        let mut body = Reader::new(r.take(len)?);
-        let mut list = Vec::new();
+        // Read in place, limited to the list: a property running past the list's end is
+        // truncated, as if the list were a buffer of its own.
+        let outer = r.limit(len)?;
+        let allowed = context.allowed_ids();
+        let repeatable = context.repeatable_ids();
+        let body = &mut *r;
+        let mut list = Vec::with_capacity(count(body.peek_rest()));
         let mut seen: u64 = 0;
         while !body.is_empty() {
-            let raw = body.var_int()?;
-            let id = PropertyId::from_u32(raw).ok_or(DecodeError::UnknownProperty { id: raw })?;
-            if !id.allowed_in(context) {
+            // The identifier is a Variable Byte Integer, but every defined one is below 128:
+            // one byte. Anything longer is unknown (or malformed), found by the full read.
+            let id = match body.u8_below_128() {
+                Some(byte) => PropertyId::from_byte(byte).ok_or(DecodeError::UnknownProperty {
+                    id: u32::from(byte),
+                })?,
+                None => {
+                    let raw = body.var_int()?;
+                    return Err(DecodeError::UnknownProperty { id: raw });
+                }
+            };
+            let bit = id.bit();
+            if allowed & bit == 0 {
                 return Err(DecodeError::PropertyNotAllowed { id, context });
             }
-            let bit = 1u64 << (id as u8);
-            if seen & bit != 0 && !id.may_repeat_in(context) {
+            if seen & bit & !repeatable != 0 {
                 return Err(DecodeError::DuplicateProperty { id });
             }
             seen |= bit;
-            let property = Property::read(id, &mut body)?;
+            let property = Property::read(id, body)?;
             if !property.is_valid_value() {
                 return Err(DecodeError::InvalidPropertyValue { id });
             }
             list.push(property);
         }
+        r.unlimit(outer);
         Ok(Self(list))
     }
 }
@@ -566,5 +761,109 @@ impl<'a> IntoIterator for &'a Properties {
     type IntoIter = core::slice::Iter<'a, Property>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    /// One property of each kind, with a valid value.
+    fn one_of_each() -> Vec<Property> {
+        let s = |v: &'static str| MqttString::from_static(v).unwrap();
+        alloc::vec![
+            Property::PayloadFormatIndicator(1),
+            Property::MessageExpiryInterval(60),
+            Property::ContentType(s("text/plain")),
+            Property::ResponseTopic(TopicName::from_static("a/b").unwrap()),
+            Property::CorrelationData(Bytes::from_static(b"id")),
+            Property::SubscriptionIdentifier(300),
+            Property::SessionExpiryInterval(5),
+            Property::AssignedClientIdentifier(s("c1")),
+            Property::ServerKeepAlive(30),
+            Property::AuthenticationMethod(s("SCRAM")),
+            Property::AuthenticationData(Bytes::from_static(b"x")),
+            Property::RequestProblemInformation(0),
+            Property::WillDelayInterval(1),
+            Property::RequestResponseInformation(1),
+            Property::ResponseInformation(s("r/")),
+            Property::ServerReference(s("other")),
+            Property::ReasonString(s("why")),
+            Property::ReceiveMaximum(10),
+            Property::TopicAliasMaximum(4),
+            Property::TopicAlias(2),
+            Property::MaximumQoS(1),
+            Property::RetainAvailable(0),
+            Property::UserProperty(s("k"), s("")),
+            Property::MaximumPacketSize(1024),
+            Property::WildcardSubscriptionAvailable(1),
+            Property::SubscriptionIdentifierAvailable(1),
+            Property::SharedSubscriptionAvailable(0),
+        ]
+    }
+
+    #[test]
+    fn id_tables_agree_with_the_rules() {
+        for &context in &PropertyContext::ALL {
+            for &id in PropertyId::ALL {
+                let bit = id.bit();
+                assert_eq!(
+                    context.allowed_ids() & bit != 0,
+                    id.allowed_in(context),
+                    "{id:?} in {context:?}"
+                );
+                assert_eq!(
+                    context.repeatable_ids() & bit != 0,
+                    id.may_repeat_in(context),
+                    "{id:?} in {context:?}"
+                );
+            }
+        }
+        for byte in 0..=u8::MAX {
+            assert_eq!(
+                PropertyId::from_byte(byte),
+                PropertyId::from_u32(u32::from(byte))
+            );
+        }
+    }
+
+    #[test]
+    fn layouts_and_lengths_match_what_is_written() {
+        let all = one_of_each();
+        assert_eq!(all.len(), PropertyId::ALL.len());
+        for p in &all {
+            let mut out = Vec::new();
+            p.write(&mut out);
+            let value = &out[1..];
+            assert_eq!(p.checked_value_len(), Some(value.len()), "{p:?}");
+            let layout_len = match p.id().layout() {
+                ValueLayout::Fixed(len) => len,
+                ValueLayout::VarInt => value.iter().position(|b| b & 0x80 == 0).unwrap() + 1,
+                ValueLayout::Prefixed(1) => {
+                    2 + usize::from(u16::from_be_bytes([value[0], value[1]]))
+                }
+                ValueLayout::Prefixed(_) => value.len(),
+            };
+            assert_eq!(layout_len, value.len(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn count_sees_every_property_and_never_reads_past_a_malformed_end() {
+        let list = Properties::from_vec(one_of_each());
+        let mut body = Vec::new();
+        for p in list.iter() {
+            p.write(&mut body);
+        }
+        assert_eq!(count(&body), list.len().min(COUNT_CAP));
+        // Cut anywhere: counted as far as it goes, without a panic.
+        for cut in 0..body.len() {
+            assert!(count(&body[..cut]) <= list.len());
+        }
+        // An unknown identifier ends the count.
+        assert_eq!(count(&[0x7f, 1, 2]), 0);
+        // So does the cap: a long list of tiny properties reserves no more than it.
+        assert_eq!(count(&[0x01, 1].repeat(1000)), COUNT_CAP);
     }
 }

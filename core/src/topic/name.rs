@@ -4,7 +4,7 @@
 //! trim or otherwise change the bytes it was given ([MQTT-4.7.3-4]).
 
 use super::TopicError;
-use crate::string::{MqttString, StringError, contains_any};
+use crate::string::{MqttString, StringError, any_byte};
 use core::fmt;
 use core::str::FromStr;
 
@@ -22,6 +22,14 @@ impl TopicName {
     /// Validates wire bytes as a topic name in one pass (length, U+0000, wildcards), then the
     /// UTF-8: the decoder's path for every PUBLISH.
     pub fn from_bytes(bytes: bytes::Bytes) -> Result<Self, TopicError> {
+        Self::check_wire(&bytes)?;
+        Self::from_checked_wire(bytes)
+    }
+
+    /// Every topic-name rule but the UTF-8 one, on borrowed bytes: length, non-empty, no
+    /// U+0000, no wildcard. The decoder runs it before it shares the bytes.
+    #[inline(always)]
+    pub(crate) fn check_wire(bytes: &[u8]) -> Result<(), TopicError> {
         if bytes.len() > crate::string::MAX_STRING_LEN {
             return Err(TopicError::String(StringError::TooLong {
                 len: bytes.len(),
@@ -30,7 +38,8 @@ impl TopicName {
         if bytes.is_empty() {
             return Err(TopicError::Empty);
         }
-        if contains_any(&bytes, [0, b'+', b'#']) {
+        // '#' (0x23) and '+' (0x2B) differ only in bit 3, so one comparison finds both.
+        if any_byte(bytes, |b| b == 0 || b | 0x08 == b'+') {
             // Rare: say which rule was broken.
             return Err(if bytes.contains(&0) {
                 TopicError::String(StringError::NullCharacter)
@@ -38,6 +47,12 @@ impl TopicName {
                 TopicError::WildcardInName
             });
         }
+        Ok(())
+    }
+
+    /// Wraps bytes that passed [`Self::check_wire`], checking their UTF-8.
+    #[inline(always)]
+    pub(crate) fn from_checked_wire(bytes: bytes::Bytes) -> Result<Self, TopicError> {
         Ok(Self(MqttString::from_prechecked(bytes)?))
     }
 
@@ -92,7 +107,8 @@ fn validate_name(s: &str) -> Result<(), TopicError> {
     if s.is_empty() {
         return Err(TopicError::Empty);
     }
-    if contains_any(s.as_bytes(), [b'+', b'#']) {
+    // '#' (0x23) and '+' (0x2B) differ only in bit 3, so one comparison finds both.
+    if any_byte(s.as_bytes(), |b| b | 0x08 == b'+') {
         return Err(TopicError::WildcardInName);
     }
     Ok(())
