@@ -818,7 +818,11 @@ impl Client {
         if let Some(id) = props.assigned_client_identifier() {
             self.config.client_id = id;
         }
-        if !connack.session_present {
+        // MQTT 3.1 has no Session Present flag (the byte is reserved): a 3.1 server keeps the
+        // session of a client that did not ask for a clean one.
+        let session_present = connack.session_present
+            || (self.config.version == ProtocolVersion::V3_1 && !self.config.clean_start);
+        if !session_present {
             // The server has no state for us: QoS 2 exchanges it was receiving are gone,
             // acknowledgements owed to it are void, and our subscriptions must be made again.
             self.incoming_qos2.clear();
@@ -826,7 +830,7 @@ impl Client {
             self.resubscribe();
         }
         self.event(ClientEvent::Connected {
-            session_present: connack.session_present,
+            session_present,
             properties: connack.properties,
         });
         // 3.1.1 [MQTT-4.4.0-1] [MQTT-4.6.0-1]: resend in the original order.
@@ -841,12 +845,15 @@ impl Client {
         if self.subscriptions.is_empty() {
             return;
         }
-        // Filters already on their way (in flight, resent below, or queued) are not doubled.
+        // Filters already on their way (in flight, resent below, or queued) are not doubled,
+        // and filters being unsubscribed are not made again behind their UNSUBSCRIBE.
         let mut already: BTreeSet<&TopicFilter> = BTreeSet::new();
         let requests = self.inflight.iter().map(|p| &p.request);
         for request in requests.chain(self.queue.iter().map(|(_, r)| r)) {
-            if let Request::Subscribe(filters, _) = request {
-                already.extend(filters.iter().map(|(f, _)| f));
+            match request {
+                Request::Subscribe(filters, _) => already.extend(filters.iter().map(|(f, _)| f)),
+                Request::Unsubscribe(filters, _) => already.extend(filters.iter()),
+                Request::Publish(_) => {}
             }
         }
         let filters: Vec<(TopicFilter, SubscriptionOptions)> = self

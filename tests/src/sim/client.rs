@@ -80,6 +80,9 @@ pub(crate) enum Note {
         publish: Publish,
         /// Handed to the application (not a QoS 2 duplicate).
         app_new: bool,
+        /// Judge delivery by what reached the application (`app_new`), not by the bytes
+        /// (see [`Receipt::app_level`](super::checker::Receipt)).
+        app_level: bool,
     },
     /// The broker took ownership of a message (PUBACK, or PUBREC for QoS 2).
     Acked(Uid),
@@ -519,7 +522,11 @@ impl SimClient {
                     }
                     _ => {}
                 }
-                ctx.notes.push(Note::Receipt { publish, app_new });
+                ctx.notes.push(Note::Receipt {
+                    publish,
+                    app_new,
+                    app_level: false,
+                });
             }
             Packet::PubAck(ack) => {
                 let at = self

@@ -108,6 +108,11 @@ impl Link {
         }
     }
 
+    /// One-way base latency of this link.
+    pub(crate) fn latency_ms(&self) -> u64 {
+        self.params.latency_ms
+    }
+
     /// Cuts `data` into segments and queues them in one direction, keeping byte order.
     fn queue(
         params: LinkParams,

@@ -86,6 +86,8 @@ pub(crate) struct MessageInfo {
     pub(crate) qos: QoS,
     /// Times the broker routed it (QoS 1 resends route again; QoS 2 resends do not).
     pub(crate) routed: u32,
+    /// Logical time of its first routing.
+    pub(crate) first_clock: u64,
 }
 
 /// A session as the spec defines it, from creation to discard.
@@ -235,6 +237,12 @@ impl Model {
             .filter(|(_, i)| i.alive)
             .map(|(&k, _)| k)
             .collect()
+    }
+
+    /// The subscriptions of the live session of `client_id`, if it has one.
+    pub(crate) fn session_subs(&self, client_id: &str) -> Option<&BTreeMap<String, QoS>> {
+        let inc = self.by_client.get(client_id)?;
+        self.incs.get(inc).filter(|i| i.alive).map(|i| &i.subs)
     }
 
     /// The earliest keep-alive or connect deadline among open connections: the broker must
@@ -693,6 +701,7 @@ impl Model {
             topic: topic.to_owned(),
             qos,
             routed: 0,
+            first_clock: self.clock,
         });
         info.routed += 1;
         for (&inc, i) in &self.incs {

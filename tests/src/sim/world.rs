@@ -7,6 +7,11 @@
 //! counters of connections, sessions and subscriptions, and that the broker's next wake-up is no
 //! later than the earliest keep-alive or connect deadline (so keep-alive closes happen on time).
 //!
+//! For a client driven by the core state machine the world is also its transport: an
+//! `OpenTransport` opens a link (or, while the client is partitioned, fails after a while), the
+//! client learns the connection is up when the broker has accepted it plus one latency, link
+//! bytes become `Received`, and resets, EOF and failed opens become `TransportDown`.
+//!
 //! A run has phases: *work* (random workload and faults), *settle* (faults off, every client
 //! reconnects and everything drains; then a final round of publications and another drain; then
 //! the delivery checks), *probe* (a fresh `#` subscriber reads the retained messages) and
@@ -23,8 +28,10 @@ use surgemq_core::broker::{
 use surgemq_core::codec::{Decoded, MAX_PACKET_SIZE, Packet, ProtocolVersion, QoS, decode};
 use surgemq_core::time::Instant;
 
+use super::actor::Actor;
 use super::checker::{self, DeliveryStats, Receipt};
 use super::client::{Action, Ctx, Mode, Note, Role, SimClient};
+use super::core_client::{CoreSimClient, CoreStats};
 use super::link::{Link, LinkParams};
 use super::message::Uid;
 use super::model::Model;
@@ -82,7 +89,7 @@ pub(crate) struct World {
     links: BTreeMap<usize, Link>,
     next_link: usize,
     conn_links: BTreeMap<ConnId, usize>,
-    clients: Vec<SimClient>,
+    clients: Vec<Actor>,
     client_link: Vec<Option<usize>>,
     down_until: Vec<u64>,
     receipts: Vec<Receipt>,
@@ -152,7 +159,7 @@ impl World {
         };
         let mut clients = Vec::new();
         let keep_alives: &[u16] = &[0, 5, 10, 10, 20, 30, 60];
-        clients.push(SimClient::new(
+        clients.push(Actor::Hand(Box::new(SimClient::new(
             0,
             "watch".into(),
             Role::Watcher,
@@ -162,7 +169,7 @@ impl World {
             action_gap,
             0,
             rng.fork(),
-        ));
+        ))));
         let mains = rng.range(2, 7) as usize;
         for i in 1..=mains {
             let version = if rng.chance(250) {
@@ -174,7 +181,7 @@ impl World {
             let persistent = rng.chance(700);
             let start = rng.below(2_000);
             let fork = rng.fork();
-            clients.push(SimClient::new(
+            clients.push(Actor::Hand(Box::new(SimClient::new(
                 i,
                 format!("c{i}"),
                 Role::Main,
@@ -184,15 +191,44 @@ impl World {
                 action_gap,
                 start,
                 fork,
-            ));
+            ))));
         }
+        // Clients driven by the core client state machine, in the same world.
+        // A lighter workload than the hand-written mains' (they run the same fault schedule).
+        let core_gap = (action_gap.0 * 2, action_gap.1 * 2);
+        for k in 1..=rng.range(1, 2) {
+            let index = clients.len();
+            let version = if rng.chance(150) {
+                ProtocolVersion::V3_1
+            } else {
+                ProtocolVersion::V3_1_1
+            };
+            let keep_alive = *rng.pick(keep_alives);
+            let persistent = rng.chance(600);
+            let start = rng.below(2_000);
+            let fork = rng.fork();
+            clients.push(Actor::Core(Box::new(CoreSimClient::new(
+                index,
+                format!("k{k}"),
+                version,
+                keep_alive,
+                persistent,
+                core_gap,
+                start,
+                fork,
+            ))));
+        }
+        let victims: Vec<String> = clients[1..]
+            .iter()
+            .map(|c| c.client_id().to_owned())
+            .collect();
         for _ in 0..rng.range(0, 3) {
             let index = clients.len();
-            let victim = format!("c{}", rng.range(1, mains as u64));
+            let victim = rng.pick(&victims).clone();
             let keep_alive = *rng.pick(&keep_alives[1..]);
             let start = rng.range(5_000, 30_000);
             let fork = rng.fork();
-            clients.push(SimClient::new(
+            clients.push(Actor::Hand(Box::new(SimClient::new(
                 index,
                 victim,
                 Role::Intruder,
@@ -202,7 +238,13 @@ impl World {
                 (1_000, 5_000),
                 start,
                 fork,
-            ));
+            ))));
+        }
+        if options.mutation == Mutation::DropPubAckToCoreClient {
+            clients
+                .iter_mut()
+                .filter_map(Actor::core_mut)
+                .for_each(CoreSimClient::track_packet_ids);
         }
         let work = rng.range(30_000, 150_000);
         let next_fault = rng.range(profile.fault_gap.0, profile.fault_gap.1);
@@ -277,11 +319,32 @@ impl World {
     fn report(&self) -> SimReport {
         let s = &self.model.stats;
         let c = &self.counters;
+        let k = self.clients.iter().filter_map(Actor::core).fold(
+            CoreStats::default(),
+            |mut k, client| {
+                let x = client.stats;
+                k.commands += x.commands;
+                k.completions += x.completions;
+                k.queue_full += x.queue_full;
+                k.connects += x.connects;
+                k.resumed += x.resumed;
+                k.timeouts += x.timeouts;
+                k.failed_opens += x.failed_opens;
+                k.messages += x.messages;
+                k.resubscribes += x.resubscribes;
+                k.excused += x.excused;
+                k.ambiguous += x.ambiguous;
+                k.lost_ack_resent += x.lost_ack_resent;
+                k
+            },
+        );
         let summary = format!(
             "t={}s steps={} clients={} conns={} published={} routed={} acked={} receipts={} \
              owed={} ordered={} dups={} takeovers={} resumed={} keepalive_closes={} \
              connect_timeouts={} wills={} resets={} partitions={} slow={} jumps={} \
-             window_stalls={} inflight_max={} unflushed_max={} retry={:?}",
+             window_stalls={} inflight_max={} unflushed_max={} retry={:?} | core: clients={} \
+             commands={} completions={} queue_full={} connacks={} resumed={} timeouts={} failed_opens={} \
+             messages={} resubscribes={} excused_bugs={} ambiguous={}",
             self.now / 1000,
             self.steps,
             self.clients.len(),
@@ -306,13 +369,37 @@ impl World {
             self.config.max_inflight,
             self.config.max_unflushed_bytes,
             self.config.retry_interval.map(|d| d.as_secs()),
+            self.clients.iter().filter_map(Actor::core).count(),
+            k.commands,
+            k.completions,
+            k.queue_full,
+            k.connects,
+            k.resumed,
+            k.timeouts,
+            k.failed_opens,
+            k.messages,
+            k.resubscribes,
+            k.excused,
+            k.ambiguous,
         );
+        // The core clients' side of the run joins the trace: what they completed and received.
+        let mut trace = self.trace.clone();
+        for n in [
+            k.commands,
+            k.completions,
+            k.queue_full,
+            k.connects,
+            k.messages,
+        ] {
+            trace.u64(n);
+        }
         SimReport {
             seed: self.seed,
-            trace_hash: self.trace.finish(),
+            trace_hash: trace.finish(),
             violations: self.v.list.clone(),
             violation_count: self.v.total,
             mutation_fired: self.mutation_fired,
+            mutation_repaired: k.lost_ack_resent > 0,
             summary,
         }
     }
@@ -338,7 +425,7 @@ impl World {
                 .and_then(|l| self.links.get(&l))
                 .is_some_and(|l| l.inbox_new);
             if unread {
-                t = t.min(client.paused_until.max(now));
+                t = t.min(client.paused_until().max(now));
             }
         }
         match self.phase {
@@ -356,13 +443,13 @@ impl World {
         let now = self.now;
         // The in-flight window is a hard bound ([`BrokerConfig::max_inflight`]).
         for c in &self.clients {
-            let inflight = self.broker.inflight_messages(&c.client_id).unwrap_or(0);
+            let inflight = self.broker.inflight_messages(c.client_id()).unwrap_or(0);
             if inflight > usize::from(self.config.max_inflight) {
                 self.v.push(
                     now,
                     format!(
                         "{} has {inflight} messages in flight, above the window",
-                        c.client_id
+                        c.client_id()
                     ),
                 );
             }
@@ -560,14 +647,34 @@ impl World {
             return; // The socket is broken; the broker will hear of it.
         }
         let mut data = data;
-        if self.mutation_armed
-            && self.mutation == Mutation::DropPublishToSubscriber
-            && link.actor == self.watcher
-        {
-            let version = self.clients[link.actor].version;
-            if let Some((kept, dropped)) = without_first_publish(&data, version) {
+        let actor = link.actor;
+        let version = self.clients[actor].version();
+        let mutation = self.mutation;
+        let target = match mutation {
+            Mutation::DropPublishToSubscriber => actor == self.watcher,
+            Mutation::DropPubAckToCoreClient => self.clients[actor].core().is_some(),
+            Mutation::None | Mutation::DropPubAckToBroker => false,
+        };
+        if self.mutation_armed && target {
+            let doomed = |packet: &Packet| match packet {
+                Packet::Publish(p) => {
+                    mutation == Mutation::DropPublishToSubscriber
+                        && p.qos != QoS::AtMostOnce
+                        && !p.dup
+                }
+                Packet::PubAck(_) => mutation == Mutation::DropPubAckToCoreClient,
+                _ => false,
+            };
+            if let Some((kept, dropped, packet)) = without_first(&data, version, doomed) {
                 if self.verbose {
-                    eprintln!("{now:>9} MUTATION: dropped a PUBLISH to the watcher on {conn:?}");
+                    eprintln!(
+                        "{now:>9} MUTATION: dropped {} to client {actor} on {conn:?}",
+                        super::model::brief(&packet)
+                    );
+                }
+                if let (Packet::PubAck(ack), Some(core)) = (&packet, self.clients[actor].core_mut())
+                {
+                    core.ack_lost(ack.packet_id.get());
                 }
                 data = kept;
                 link.phantom_flushed += dropped;
@@ -587,6 +694,13 @@ impl World {
         let link = self.links.get_mut(&id)?;
         link.conn = Some(conn);
         link.broker_open = true;
+        // A core client learns that its connect() succeeded when the SYN-ACK arrives.
+        let (actor, established) = (link.actor, now + link.latency_ms());
+        if self.client_link[actor] == Some(id)
+            && let Some(core) = self.clients[actor].core_mut()
+        {
+            core.transport_accepted(established);
+        }
         self.post_checks();
         Some(conn)
     }
@@ -690,16 +804,25 @@ impl World {
     fn process_client(&mut self, i: usize) {
         let now = self.now;
         if let Some(id) = self.client_link[i] {
-            let reads = self.clients[i].paused_until <= now;
+            let reads = self.clients[i].paused_until() <= now;
             if let Some(link) = self.links.get_mut(&id).filter(|l| l.inbox_new && reads) {
                 link.inbox_new = false;
-                let mut buf = core::mem::take(&mut link.read_buf);
-                buf.extend_from_slice(&link.inbox);
-                link.inbox.clear();
                 let mut ctx = Ctx::new(now);
-                self.clients[i].on_data(&mut ctx, &mut buf);
-                if let Some(link) = self.links.get_mut(&id) {
-                    link.read_buf = buf;
+                match &mut self.clients[i] {
+                    Actor::Hand(client) => {
+                        let mut buf = core::mem::take(&mut link.read_buf);
+                        buf.extend_from_slice(&link.inbox);
+                        link.inbox.clear();
+                        client.on_data(&mut ctx, &mut buf);
+                        if let Some(link) = self.links.get_mut(&id) {
+                            link.read_buf = buf;
+                        }
+                    }
+                    // The core client keeps partial packets itself: it reads everything.
+                    Actor::Core(client) => {
+                        let inc = link.conn.and_then(|c| self.model.inc_of(c));
+                        client.on_data(&mut ctx, link.inbox.split().freeze(), inc);
+                    }
                 }
                 self.apply(i, ctx, Some(id));
             }
@@ -716,7 +839,11 @@ impl World {
         let now = self.now;
         for note in ctx.notes {
             match note {
-                Note::Receipt { publish, app_new } => {
+                Note::Receipt {
+                    publish,
+                    app_new,
+                    app_level,
+                } => {
                     let conn = from.and_then(|l| self.links.get(&l)).and_then(|l| l.conn);
                     let inc = conn.and_then(|c| self.model.inc_of(c));
                     let (Some(conn), Some(inc)) = (conn, inc) else {
@@ -724,7 +851,7 @@ impl World {
                             now,
                             format!(
                                 "{} got a PUBLISH on a connection without a session",
-                                self.clients[i].client_id
+                                self.clients[i].client_id()
                             ),
                         );
                         continue;
@@ -732,7 +859,7 @@ impl World {
                     self.receipts.push(Receipt {
                         inc,
                         conn,
-                        client_id: self.clients[i].client_id.clone(),
+                        client_id: self.clients[i].client_id().to_owned(),
                         at: now,
                         uid: Uid::parse(&publish.payload),
                         topic: publish.topic.as_str().to_owned(),
@@ -741,6 +868,7 @@ impl World {
                         dup: publish.dup,
                         retain: publish.retain,
                         app_new,
+                        app_level,
                     });
                 }
                 Note::Acked(uid) => {
@@ -749,7 +877,7 @@ impl World {
                 Note::Published => self.counters.published += 1,
                 Note::Problem(what) => {
                     self.v
-                        .push(now, format!("{}: {what}", self.clients[i].client_id));
+                        .push(now, format!("{}: {what}", self.clients[i].client_id()));
                 }
             }
         }
@@ -757,7 +885,8 @@ impl World {
             if self.verbose && !matches!(action, Action::Write(_)) {
                 eprintln!(
                     "{now:>9} client {} ({}): {action:?}",
-                    i, self.clients[i].client_id
+                    i,
+                    self.clients[i].client_id()
                 );
             }
             match action {
@@ -767,6 +896,14 @@ impl World {
                         .and_then(|l| self.links.get_mut(&l))
                     {
                         link.attached = false;
+                    }
+                    if self.clients[i].core().is_some() && self.down_until[i] > now {
+                        // connect() under a partition fails after a while.
+                        let at = now + self.rng.range(500, 5_000);
+                        if let Some(core) = self.clients[i].core_mut() {
+                            core.transport_failed(at);
+                        }
+                        continue;
                     }
                     let params = self.link_params();
                     let id = self.next_link;
@@ -792,6 +929,10 @@ impl World {
                         }
                         self.mutation_armed = false;
                         self.mutation_fired = true;
+                        // A PINGREQ in its place: the watcher believes it just spoke, and without
+                        // it the broker's keep-alive could close the connection and the resend
+                        // on resume would repair the loss before the checker sees it.
+                        link.client_write(now, Bytes::from_static(&[0xc0, 0x00]), &mut self.rng);
                         continue;
                     }
                     link.client_write(now, data, &mut self.rng);
@@ -887,11 +1028,12 @@ impl World {
             }
             Some(2) => {
                 let actor = self.rng.below(candidates) as usize;
-                self.clients[actor].paused_until = now + self.rng.range(200, 15_000);
+                let until = now + self.rng.range(200, 15_000);
+                self.clients[actor].pause_until(until);
                 if self.verbose {
                     eprintln!(
                         "{now:>9} fault: client {actor} stops reading until {}",
-                        self.clients[actor].paused_until
+                        self.clients[actor].paused_until()
                     );
                 }
                 self.counters.pauses += 1;
@@ -974,7 +1116,7 @@ impl World {
                 }
             }
             Phase::Shutdown { deadline } => {
-                let done = self.links.is_empty() && self.clients.iter().all(SimClient::is_off);
+                let done = self.links.is_empty() && self.clients.iter().all(Actor::is_off);
                 if done || now >= deadline {
                     if !done {
                         self.v.push(
@@ -996,28 +1138,20 @@ impl World {
     /// Every client that should be connected is, with nothing in flight anywhere: the broker's
     /// queues and in-flight windows are empty and no link carries anything.
     fn settled(&self) -> bool {
-        let clients = self.clients.iter().all(|c| match c.role {
-            Role::Intruder => c.is_off(),
-            Role::Main | Role::Watcher | Role::Probe => c.is_settled(),
-        });
-        clients
+        self.clients.iter().all(Actor::is_settled)
             && self.links.values().all(|l| l.attached && l.is_quiet())
             && self.clients.iter().all(|c| {
-                self.broker.queued_messages(&c.client_id).unwrap_or(0) == 0
-                    && self.broker.inflight_messages(&c.client_id).unwrap_or(0) == 0
+                self.broker.queued_messages(c.client_id()).unwrap_or(0) == 0
+                    && self.broker.inflight_messages(c.client_id()).unwrap_or(0) == 0
             })
     }
 
     fn unsettled(&self) -> String {
         let mut out = Vec::new();
         for c in &self.clients {
-            let queued = self.broker.queued_messages(&c.client_id);
-            let inflight = self.broker.inflight_messages(&c.client_id);
-            let settled = match c.role {
-                Role::Intruder => c.is_off(),
-                _ => c.is_settled(),
-            };
-            if !settled || queued.unwrap_or(0) > 0 || inflight.unwrap_or(0) > 0 {
+            let queued = self.broker.queued_messages(c.client_id());
+            let inflight = self.broker.inflight_messages(c.client_id());
+            if !c.is_settled() || queued.unwrap_or(0) > 0 || inflight.unwrap_or(0) > 0 {
                 out.push(format!(
                     "[{} broker queued={queued:?} inflight={inflight:?}]",
                     c.describe()
@@ -1044,6 +1178,9 @@ impl World {
             self.now,
             &mut self.v,
         );
+        for client in self.clients.iter().filter_map(Actor::core) {
+            checker::check_core_client(&self.model, client, self.now, &mut self.v);
+        }
     }
 
     fn start_probe(&mut self) {
@@ -1062,7 +1199,7 @@ impl World {
         );
         let mut ctx = Ctx::new(self.now);
         probe.set_mode(&mut ctx, Mode::Settle);
-        self.clients.push(probe);
+        self.clients.push(Actor::Hand(Box::new(probe)));
         self.client_link.push(None);
         self.down_until.push(0);
         self.apply(index, ctx, None);
@@ -1076,11 +1213,11 @@ impl World {
         let Some(probe) = self.probe else {
             return;
         };
-        let probe_id = &self.clients[probe].client_id;
+        let probe_id = self.clients[probe].client_id();
         let mine: Vec<&Receipt> = self
             .receipts
             .iter()
-            .filter(|r| &r.client_id == probe_id)
+            .filter(|r| r.client_id == probe_id)
             .collect();
         checker::check_retained(&self.model, &mine, self.now, &mut self.v);
     }
@@ -1132,8 +1269,13 @@ impl World {
     }
 }
 
-/// `data` (whole packets) without its first QoS 1/2 PUBLISH, and the bytes removed.
-fn without_first_publish(data: &Bytes, version: ProtocolVersion) -> Option<(Bytes, usize)> {
+/// `data` (whole packets) without its first packet that is `doomed`, the bytes removed, and that
+/// packet.
+fn without_first(
+    data: &Bytes,
+    version: ProtocolVersion,
+    doomed: impl Fn(&Packet) -> bool,
+) -> Option<(Bytes, usize, Packet)> {
     let mut at = 0;
     while at < data.len() {
         let rest = data.slice(at..);
@@ -1141,14 +1283,11 @@ fn without_first_publish(data: &Bytes, version: ProtocolVersion) -> Option<(Byte
         else {
             return None;
         };
-        if let Packet::Publish(p) = &packet
-            && p.qos != QoS::AtMostOnce
-            && !p.dup
-        {
+        if doomed(&packet) {
             let mut kept = BytesMut::with_capacity(data.len() - consumed);
             kept.extend_from_slice(&data[..at]);
             kept.extend_from_slice(&data[at + consumed..]);
-            return Some((kept.freeze(), consumed));
+            return Some((kept.freeze(), consumed, packet));
         }
         at += consumed;
     }
