@@ -1074,3 +1074,16 @@ fn v3_connack_uses_the_3x_return_codes() {
     );
     assert_eq!(connack(ConnectReason::Banned), [0x20, 2, 0, 5]);
 }
+
+#[test]
+fn a_fixed_header_claiming_a_huge_packet_does_not_make_the_decoder_reserve_it() {
+    // `30 FF FF FF 7F`: a PUBLISH claiming 268,435,455 bytes, within the default maximum. Only
+    // the header has arrived: the buffer must not grow to the claimed size on the peer's word.
+    let mut buf = BytesMut::from(&[0x30, 0xff, 0xff, 0xff, 0x7f][..]);
+    assert_eq!(decode_buf(&mut buf, V3_1_1, MAX_PACKET_SIZE), Ok(None));
+    assert!(
+        buf.capacity() <= 128 * 1024,
+        "reserved {} bytes",
+        buf.capacity()
+    );
+}

@@ -133,6 +133,9 @@ pub fn decode(
     Ok(Decoded::Packet { packet, consumed })
 }
 
+/// Most bytes [`decode_buf`] reserves ahead of data that has not arrived yet.
+const MAX_RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Decodes one packet from the front of a receive buffer and removes its bytes; `Ok(None)` when
 /// the buffer holds no complete packet yet. The packet's payload shares the buffer's memory.
 pub fn decode_buf(
@@ -144,8 +147,11 @@ pub fn decode_buf(
         return Ok(None);
     };
     if buf.len() < header.packet_len() {
-        // Let the buffer grow once to the whole packet instead of many times.
-        buf.reserve(header.packet_len() - buf.len());
+        // Grow towards the whole packet in bounded steps: the length is only the peer's claim,
+        // and reserving all of it at once would let a fixed header alone cost us up to the
+        // maximum packet size per connection.
+        let missing = header.packet_len() - buf.len();
+        buf.reserve(missing.min(MAX_RESERVE_AHEAD));
         return Ok(None);
     }
     let packet = buf.split_to(header.packet_len()).freeze();
