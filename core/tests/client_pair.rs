@@ -559,27 +559,33 @@ fn manual_acks_hold_back_the_acknowledgement_until_asked() {
     assert_eq!(pair.client(s).ack(now, ack), Ok(()));
 }
 
-#[test]
-fn manual_qos2_redelivered_after_reconnect_is_acknowledged_once_the_application_acks() {
-    let mut pair = Pair::new();
-    let mut c = config("manual2");
+/// A manual-ack subscriber on `t` that has just received one message from a publisher;
+/// returns its index and that message's ack token.
+fn manual_subscriber_with_one_message(
+    pair: &mut Pair,
+    id: &str,
+    t: &str,
+    qos: QoS,
+    clean: bool,
+) -> (usize, surgemq_core::client::AckToken) {
+    let mut c = config(id);
     c.manual_acks = true;
-    c.clean_start = false;
+    c.clean_start = clean;
     let s = pair.add(c);
     let now = pair.now;
     pair.client(s)
-        .subscribe(now, filter("m2", QoS::ExactlyOnce), Properties::new())
+        .subscribe(now, filter(t, qos), Properties::new())
         .unwrap();
     pair.drive();
     pair.events(s);
-    let p = pair.add(config("pub2"));
+    let p = pair.add(config(&format!("{id}-pub")));
     let now = pair.now;
     pair.client(p)
         .publish(
             now,
-            topic("m2"),
+            topic(t),
             Bytes::from_static(b"x"),
-            QoS::ExactlyOnce,
+            qos,
             false,
             Properties::new(),
         )
@@ -589,6 +595,14 @@ fn manual_qos2_redelivered_after_reconnect_is_acknowledged_once_the_application_
         [ClientEvent::Message(m)] => m.ack.unwrap(),
         other => panic!("{other:?}"),
     };
+    (s, ack)
+}
+
+#[test]
+fn manual_qos2_redelivered_after_reconnect_is_acknowledged_once_the_application_acks() {
+    let mut pair = Pair::new();
+    let (s, ack) =
+        manual_subscriber_with_one_message(&mut pair, "manual2", "m2", QoS::ExactlyOnce, false);
     // The link drops before the application acks; the broker resends the PUBLISH (DUP) on
     // reconnect. The client does not deliver it twice, and once the application acks, the
     // exchange completes.
@@ -609,33 +623,9 @@ fn manual_qos2_redelivered_after_reconnect_is_acknowledged_once_the_application_
 #[test]
 fn acks_of_a_lost_session_are_refused() {
     let mut pair = Pair::new();
-    let mut c = config("manual3");
-    c.manual_acks = true;
-    c.clean_start = true; // every reconnect starts a new session
-    let s = pair.add(c);
-    let now = pair.now;
-    pair.client(s)
-        .subscribe(now, filter("m3", QoS::AtLeastOnce), Properties::new())
-        .unwrap();
-    pair.drive();
-    pair.events(s);
-    let p = pair.add(config("pub3"));
-    let now = pair.now;
-    pair.client(p)
-        .publish(
-            now,
-            topic("m3"),
-            Bytes::from_static(b"x"),
-            QoS::AtLeastOnce,
-            false,
-            Properties::new(),
-        )
-        .unwrap();
-    pair.drive();
-    let ack = match &pair.events(s)[..] {
-        [ClientEvent::Message(m)] => m.ack.unwrap(),
-        other => panic!("{other:?}"),
-    };
+    // Clean start: every reconnect begins a new session.
+    let (s, ack) =
+        manual_subscriber_with_one_message(&mut pair, "manual3", "m3", QoS::AtLeastOnce, true);
     pair.cut(s);
     pair.heal(s);
     pair.advance(Duration::from_secs(60));
