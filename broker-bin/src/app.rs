@@ -12,20 +12,33 @@ use tracing::level_filters::LevelFilter;
 
 use crate::cli::{Cli, Command};
 use crate::config::{FileConfig, ListenerSettings, Settings};
-use crate::{passwd_cmd, runtime};
+use crate::{passwd_cmd, runtime, store};
 
 /// `surgemq`'s `main`: exit status 0 after a clean shutdown, 1 for config and start-up
 /// errors, 2 for command-line mistakes (clap's convention).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Passwd(args)) = &cli.command {
-        return match passwd_cmd::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("surgemq passwd: error: {error}");
-                ExitCode::FAILURE
-            }
-        };
+    match &cli.command {
+        Some(Command::Passwd(args)) => {
+            return match passwd_cmd::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("surgemq passwd: error: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Store(args)) => {
+            return match store::run_command(args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("surgemq store: error: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     init_logging(cli.level());
     let settings = match load_settings(&cli) {
@@ -58,17 +71,26 @@ fn init_logging(level: LevelFilter) {
         .init();
 }
 
-/// The settings the command line asks for: the config file (if any) with `-p` applied.
+/// The settings the command line asks for: the config file (if any) with `-p`,
+/// `--persistence` and `--data-dir` applied.
 pub fn load_settings(cli: &Cli) -> Result<Settings, String> {
-    match &cli.config {
-        None => Ok(Settings::defaults(cli.port)),
+    let mut settings = match &cli.config {
+        None => Settings::defaults(cli.port),
         Some(path) => {
             let file = FileConfig::load(path).map_err(|e| e.to_string())?;
             let base_dir = path.parent().unwrap_or(Path::new("."));
             Settings::build(file, base_dir, cli.port)
-                .map_err(|e| format!("{}: {e}", path.display()))
+                .map_err(|e| format!("{}: {e}", path.display()))?
         }
+    };
+    if let Some(mode) = cli.persistence {
+        settings.persistence.mode = mode;
     }
+    if let Some(dir) = &cli.data_dir {
+        settings.persistence.data_dir = dir.clone();
+    }
+    settings.broker.persistence = settings.persistence.core_mode();
+    Ok(settings)
 }
 
 /// The message for listeners that could not be bound.

@@ -8,6 +8,7 @@ use tracing::level_filters::LevelFilter;
 
 use crate::passwd::DEFAULT_ITERATIONS;
 use crate::runtime;
+use crate::store::{DEFAULT_DATA_DIR, Mode};
 
 /// `surgemq`: an MQTT 3.1, 3.1.1 and 5.0 broker.
 #[derive(Debug, Parser)]
@@ -17,8 +18,10 @@ use crate::runtime;
     about = "SurgeMQ: an MQTT 3.1 / 3.1.1 / 5.0 broker",
     long_about = "SurgeMQ: an MQTT 3.1 / 3.1.1 / 5.0 broker.\n\n\
         Without options it listens on 127.0.0.1:1883 and lets anonymous clients in from \
-        loopback only (like Mosquitto 2). A config file (-c) adds listeners, TLS, a password \
-        file and limits; see surgemq.example.toml. SIGINT or SIGTERM shut it down gracefully.",
+        loopback only (like Mosquitto 2), and keeps persistent sessions and retained messages \
+        durably in ./surgemq-data. A config file (-c) adds listeners, TLS, a password file, \
+        persistence settings and limits; see surgemq.example.toml. SIGINT or SIGTERM shut it \
+        down gracefully.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -29,6 +32,13 @@ pub struct Cli {
     /// free port).
     #[arg(short = 'p', long = "port", value_name = "PORT")]
     pub port: Option<u16>,
+    /// Persistence mode, overriding the config file's `[persistence] mode` (default: durable).
+    #[arg(long = "persistence", value_name = "MODE", value_enum)]
+    pub persistence: Option<Mode>,
+    /// Directory of the store file, overriding the config file's `[persistence] data_dir`
+    /// (default: ./surgemq-data).
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// More log output: -v for debug, -vv for trace (default: info).
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count, conflicts_with = "log_level")]
     pub verbose: u8,
@@ -87,6 +97,34 @@ impl From<LogLevel> for LevelFilter {
 pub enum Command {
     /// Manage a password file (Mosquitto's format; like mosquitto_passwd).
     Passwd(PasswdArgs),
+    /// Check or repair the persistence store (run while the broker is stopped).
+    Store(StoreArgs),
+}
+
+/// `surgemq store check | repair [--data-dir DIR]`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "check reads the store and reports every record it cannot read; it \
+    changes nothing (exit status 1 when something is wrong).\n\
+    repair keeps every readable record in a new file and moves the old one aside as \
+    surgemq.redb.damaged-<time>; it never deletes it."
+)]
+pub struct StoreArgs {
+    /// What to do.
+    #[arg(value_enum)]
+    pub action: StoreAction,
+    /// The data directory (the broker's `--data-dir` / `[persistence] data_dir`).
+    #[arg(long = "data-dir", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+/// `surgemq store` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreAction {
+    /// Report what the store holds and any damage; change nothing.
+    Check,
+    /// Keep every readable record, move the damaged file aside.
+    Repair,
 }
 
 /// `surgemq passwd`, like `mosquitto_passwd [-c | -D] FILE USER` and

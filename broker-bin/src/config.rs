@@ -16,6 +16,7 @@ use surgemq_core::broker::{AuthMode, Authenticator, BrokerConfig, OverflowPolicy
 
 use crate::duration::ConfigDuration;
 use crate::passwd::{PasswordAuthenticator, PasswordFile};
+use crate::store::{Mode, PersistenceSettings};
 use crate::tls::{self, TlsConfig};
 
 /// The port `surgemq` listens on without a config file or `-p`.
@@ -48,6 +49,10 @@ pub struct FileConfig {
     pub max_queued_bytes: Option<usize>,
     /// `BrokerConfig::overflow_policy`.
     pub overflow_policy: Option<OverflowPolicyName>,
+    /// `BrokerConfig::publisher_flow_control`.
+    pub publisher_flow_control: Option<bool>,
+    /// `BrokerConfig::max_ack_hold`.
+    pub max_ack_hold: Option<ConfigDuration>,
     /// `BrokerConfig::queue_qos0_offline`.
     pub queue_qos0_offline: Option<bool>,
     /// `BrokerConfig::max_unflushed_bytes`.
@@ -60,6 +65,21 @@ pub struct FileConfig {
     pub retry_interval: Option<ConfigDuration>,
     /// `BrokerConfig::sys_interval`; 0 or "off" turns `$SYS` off.
     pub sys_interval: Option<ConfigDuration>,
+    /// `[persistence]`: where and how sessions and retained messages are kept.
+    pub persistence: Option<PersistenceConfig>,
+}
+
+/// The `[persistence]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistenceConfig {
+    /// `"durable"` (default), `"periodic"` or `"memory"`.
+    pub mode: Option<Mode>,
+    /// Directory of the store file (relative paths start at the config file's folder;
+    /// default `surgemq-data` in the working directory).
+    pub data_dir: Option<PathBuf>,
+    /// `periodic` mode's commit interval (default 1 s).
+    pub interval: Option<ConfigDuration>,
 }
 
 /// One `[[listener]]` table.
@@ -145,6 +165,8 @@ pub struct Settings {
     pub authenticator: Option<Arc<dyn Authenticator>>,
     /// One line for the log: who may connect.
     pub auth_summary: String,
+    /// Persistence (its mode is also in `broker.persistence`).
+    pub persistence: PersistenceSettings,
 }
 
 impl Settings {
@@ -168,11 +190,17 @@ impl Settings {
                 .collect::<Result<_, _>>()?,
         };
         let (auth, authenticator, auth_summary) = auth(&file, base_dir)?;
+        let persistence = persistence(file.persistence.as_ref(), base_dir)?;
         Ok(Self {
-            broker: BrokerConfig { auth, ..broker },
+            broker: BrokerConfig {
+                auth,
+                persistence: persistence.core_mode(),
+                ..broker
+            },
             listeners,
             authenticator,
             auth_summary,
+            persistence,
         })
     }
 
@@ -182,6 +210,34 @@ impl Settings {
         Self::build(FileConfig::default(), Path::new("."), port)
             .expect("the default config is valid")
     }
+}
+
+fn persistence(
+    config: Option<&PersistenceConfig>,
+    base_dir: &Path,
+) -> Result<PersistenceSettings, ConfigError> {
+    let mut settings = PersistenceSettings::default();
+    let Some(config) = config else {
+        return Ok(settings);
+    };
+    if let Some(mode) = config.mode {
+        settings.mode = mode;
+    }
+    if let Some(dir) = &config.data_dir {
+        settings.data_dir = base_dir.join(dir);
+    }
+    if let Some(interval) = config.interval {
+        settings.interval = interval
+            .non_zero()
+            .ok_or_else(|| ConfigError::key("persistence.interval", "must be more than 0"))?;
+        if settings.mode != Mode::Periodic {
+            return Err(ConfigError::key(
+                "persistence.interval",
+                "applies to mode = \"periodic\" only",
+            ));
+        }
+    }
+    Ok(settings)
 }
 
 fn plain_loopback(port: u16) -> ListenerSettings {
@@ -253,6 +309,14 @@ fn broker_config(file: &FileConfig) -> Result<BrokerConfig, ConfigError> {
             OverflowPolicyName::DropOldestQos0First => OverflowPolicy::DropOldestQoS0First,
             OverflowPolicyName::DropNew => OverflowPolicy::DropNew,
         };
+    }
+    if let Some(value) = file.publisher_flow_control {
+        config.publisher_flow_control = value;
+    }
+    if let Some(value) = file.max_ack_hold {
+        config.max_ack_hold = value
+            .non_zero()
+            .ok_or_else(|| ConfigError::key("max_ack_hold", "must be more than 0"))?;
     }
     if let Some(value) = file.queue_qos0_offline {
         config.queue_qos0_offline = value;
@@ -360,6 +424,8 @@ mod tests {
             max_queued_messages = 50
             max_queued_bytes = 4096
             overflow_policy = "drop_new"
+            publisher_flow_control = false
+            max_ack_hold = "2s"
             queue_qos0_offline = true
             max_unflushed_bytes = 2048
             max_subscriptions_per_client = 9
@@ -379,6 +445,8 @@ mod tests {
         assert_eq!(c.max_queued_messages, 50);
         assert_eq!(c.max_queued_bytes, 4096);
         assert_eq!(c.overflow_policy, OverflowPolicy::DropNew);
+        assert!(!c.publisher_flow_control);
+        assert_eq!(c.max_ack_hold, Duration::from_secs(2));
         assert!(c.queue_qos0_offline);
         assert_eq!(c.max_unflushed_bytes, 2048);
         assert_eq!(c.max_subscriptions_per_client, 9);
@@ -389,10 +457,57 @@ mod tests {
     }
 
     #[test]
+    fn persistence_table_and_its_defaults() {
+        let settings = Settings::defaults(None);
+        assert_eq!(settings.persistence.mode, Mode::Durable);
+        assert_eq!(settings.persistence.data_dir, PathBuf::from("surgemq-data"));
+        assert_eq!(
+            settings.broker.persistence,
+            surgemq_core::broker::Persistence::Durable
+        );
+        let file = FileConfig::parse(
+            "[persistence]\nmode = \"periodic\"\ndata_dir = \"state\"\ninterval = \"250ms\"\n",
+        )
+        .unwrap();
+        let settings = Settings::build(file, Path::new("/etc/surgemq"), None).unwrap();
+        assert_eq!(settings.persistence.mode, Mode::Periodic);
+        assert_eq!(
+            settings.persistence.data_dir,
+            PathBuf::from("/etc/surgemq/state")
+        );
+        assert_eq!(settings.persistence.interval, Duration::from_millis(250));
+        let file = FileConfig::parse("[persistence]\nmode = \"memory\"\n").unwrap();
+        let settings = Settings::build(file, Path::new("."), None).unwrap();
+        assert_eq!(
+            settings.broker.persistence,
+            surgemq_core::broker::Persistence::Off
+        );
+        for (text, key) in [
+            (
+                "[persistence]\ninterval = 0\nmode = \"periodic\"",
+                "persistence.interval",
+            ),
+            ("[persistence]\ninterval = 1", "persistence.interval"),
+        ] {
+            let file = FileConfig::parse(text).unwrap();
+            let error = Settings::build(file, Path::new("."), None).err().unwrap();
+            assert!(error.to_string().starts_with(key), "{text}: {error}");
+        }
+        let error = FileConfig::parse("[persistence]\nmode = \"disk\"").unwrap_err();
+        assert!(error.to_string().contains("durable"), "{error}");
+    }
+
+    #[test]
     fn no_file_means_loopback_only_on_1883() {
         let settings = Settings::defaults(None);
         assert_eq!(settings.broker.auth, AuthMode::LoopbackOnly);
-        assert_eq!(settings.broker, BrokerConfig::default());
+        assert_eq!(
+            settings.broker,
+            BrokerConfig {
+                persistence: surgemq_core::broker::Persistence::Durable,
+                ..BrokerConfig::default()
+            }
+        );
         assert_eq!(settings.listeners.len(), 1);
         assert_eq!(
             settings.listeners[0].bind,

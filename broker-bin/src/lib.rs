@@ -2,7 +2,7 @@
 //!
 //! The reference broker, binary `surgemq`: command line ([`cli`]), TOML config ([`config`]),
 //! Mosquitto-compatible password files ([`passwd`], [`passwd_cmd`]), TLS from PEM files
-//! ([`tls`]), logging and signals, on the async runtime picked by cargo feature ([`runtime`]).
+//! ([`tls`]), persistence in the data directory ([`store`]), logging and signals, on the async runtime picked by cargo feature ([`runtime`]).
 //!
 //! Never: protocol decisions here — the core makes them; this crate only configures and
 //! starts an adapter.
@@ -16,4 +16,5 @@ pub mod passwd;
 pub mod passwd_cmd;
 pub mod runtime;
 pub mod signals;
+pub mod store;
 pub mod tls;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::{SURGEMQ, run_bounded, write_file};
 use surgemq_broker::config::{FileConfig, Settings};
-use surgemq_core::broker::BrokerConfig;
+use surgemq_broker::store::Mode;
+use surgemq_core::broker::{BrokerConfig, Persistence};
 
 fn surgemq(args: &[&str]) -> std::process::Output {
     run_bounded(Command::new(SURGEMQ).args(args), Duration::from_secs(20))
@@ -132,8 +133,19 @@ fn example_config_parses_and_shows_the_true_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("surgemq.example.toml");
     let file = FileConfig::load(&path).unwrap();
     let settings = Settings::build(file, path.parent().unwrap(), None).unwrap();
-    assert_eq!(settings.broker, BrokerConfig::default());
+    assert_eq!(
+        settings.broker,
+        BrokerConfig {
+            persistence: Persistence::Durable,
+            ..BrokerConfig::default()
+        }
+    );
     assert_eq!(settings.listeners.len(), 1);
+    assert_eq!(settings.persistence.mode, Mode::Durable);
+    assert_eq!(
+        settings.persistence.data_dir,
+        path.parent().unwrap().join("surgemq-data")
+    );
 }
 
 #[test]
@@ -149,7 +161,8 @@ fn example_configs_commented_tls_listener_is_valid_toml_for_our_keys() {
                     || rest.starts_with("bind =")
                     || rest.starts_with("tls =")
                     || rest.starts_with("allow_anonymous =")
-                    || rest.starts_with("password_file =") =>
+                    || rest.starts_with("password_file =")
+                    || rest.starts_with("interval =") =>
             {
                 rest
             }

@@ -16,7 +16,11 @@ const BOUND: Duration = Duration::from_secs(20);
 
 /// Starts `surgemq` with `args` and waits until it listens on `port`.
 fn start_broker(port: u16, args: &[&str]) -> ChildGuard {
-    let mut broker = ChildGuard::spawn(Command::new(SURGEMQ).args(args));
+    let mut broker = ChildGuard::spawn(
+        Command::new(SURGEMQ)
+            .args(args)
+            .args(["--persistence", "memory"]),
+    );
     wait_for_port(port, &mut broker);
     broker
 }
@@ -175,7 +179,10 @@ fn sigterm_shuts_down_gracefully() {
 fn port_in_use_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let output = run_bounded(Command::new(SURGEMQ).args(["-p", &port.to_string()]), BOUND);
+    let output = run_bounded(
+        Command::new(SURGEMQ).args(["-p", &port.to_string(), "--persistence", "memory"]),
+        BOUND,
+    );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(

@@ -94,7 +94,12 @@ fn tls_listeners_serve_mosquitto_pub_with_and_without_client_certificates() {
              require_client_cert = true, use_identity_as_username = true }}\n"
         ),
     );
-    let mut broker = ChildGuard::spawn(Command::new(SURGEMQ).arg("-c").arg(&config));
+    let mut broker = ChildGuard::spawn(
+        Command::new(SURGEMQ)
+            .arg("-c")
+            .arg(&config)
+            .args(["--persistence", "memory"]),
+    );
     wait_for_port(server_only, &mut broker);
     wait_for_port(mutual, &mut broker);
 
@@ -170,7 +175,12 @@ fn certificate_users_need_no_password_while_password_users_still_do() {
              require_client_cert = true, use_identity_as_username = true }}\n"
         ),
     );
-    let mut broker = ChildGuard::spawn(Command::new(SURGEMQ).arg("-c").arg(&config));
+    let mut broker = ChildGuard::spawn(
+        Command::new(SURGEMQ)
+            .arg("-c")
+            .arg(&config)
+            .args(["--persistence", "memory"]),
+    );
     wait_for_port(plain, &mut broker);
     wait_for_port(mutual, &mut broker);
     let publish = |port: u16, extra: &[&str]| {

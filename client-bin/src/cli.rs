@@ -264,6 +264,11 @@ pub struct BenchArgs {
     /// Unacknowledged QoS 1/2 messages per publisher at most.
     #[arg(long = "inflight", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=32_768))]
     pub inflight: u16,
+    /// Connect every publisher and subscriber with clean session 0, so that a broker with
+    /// persistence stores their sessions and in-flight messages (the sessions are discarded
+    /// with a clean-session connect at the end).
+    #[arg(long = "persistent")]
+    pub persistent: bool,
     /// Seconds to wait after the last publish for messages still on their way.
     #[arg(long = "drain", value_name = "SECS", default_value_t = 5.0)]
     pub drain: f64,

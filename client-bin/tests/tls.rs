@@ -91,10 +91,12 @@ fn tls_brokers(test: &str, dir: &Path) -> Vec<(Broker, u16)> {
         .unwrap();
         let broker = Broker::custom(
             "surgemq",
-            Command::new(surgemq)
-                .arg("-c")
-                .arg(&config)
-                .args(["--log-level", "warn"]),
+            Command::new(surgemq).arg("-c").arg(&config).args([
+                "--log-level",
+                "warn",
+                "--persistence",
+                "memory",
+            ]),
             plain,
         );
         brokers.push((broker, mutual));

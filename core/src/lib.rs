@@ -9,6 +9,7 @@
 //! - [`string`]: the UTF-8 string type every MQTT string field uses.
 //! - [`broker`]: the broker state machine (inputs in, outputs out, time passed in).
 //! - [`client`]: the client state machine (commands in, completion events out).
+//! - [`store`]: the records that survive a restart, and the operations the broker emits on them.
 //! - [`time`]: the core's [`time::Instant`], driven by the caller.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ extern crate std;
 pub mod broker;
 pub mod client;
 pub mod codec;
+pub mod store;
 pub mod string;
 pub mod time;
 pub mod topic;

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use surgemq_core::broker::{
-    AuthVerdict, Authenticator, Broker, ConnId, DisconnectCause, Event, Input, Output,
+    AuthVerdict, Authenticator, Broker, ConnId, DisconnectCause, Event, Input, Output, StoreFailure,
 };
+use surgemq_core::store::{StoreOp, StoreSink};
 use surgemq_core::string::MqttString;
 use surgemq_core::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -37,6 +38,9 @@ pub(crate) enum ToHub {
         verdict: AuthVerdict,
     },
 }
+
+/// A commit report from the store's thread: every operation up to `.0` committed, or not.
+pub(crate) type StoreDone = (u64, Result<(), StoreFailure>);
 
 /// Messages from the broker task to one connection task.
 pub(crate) enum ToConn {
@@ -78,6 +82,15 @@ pub(crate) struct Hub {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
     pub(crate) writers: HashMap<ConnId, ConnWriter>,
+    /// The store's committer, when persistence is on.
+    pub(crate) store: Option<Box<dyn StoreSink>>,
+    /// Store operations drained in this dispatch round (one atomic group or more).
+    pub(crate) store_batch: Vec<(u64, StoreOp)>,
+    /// Commit reports. Unbounded so that the store's thread never blocks on the broker task
+    /// (which waits for that thread when it closes the store); one report per commit.
+    pub(crate) store_done: mpsc::UnboundedReceiver<StoreDone>,
+    /// Keeps `store_done` open when there is no store.
+    pub(crate) _store_done_tx: mpsc::UnboundedSender<StoreDone>,
 }
 
 /// How many queued messages one wake-up feeds before draining outputs: enough to batch, few
@@ -108,6 +121,10 @@ impl Hub {
                         }
                     }
                 }
+                Some((seq, result)) = self.store_done.recv() => {
+                    let now = self.clock.now();
+                    let _ = self.broker.handle_input(now, Input::StoreDone { seq, result });
+                }
                 () = sleep => {
                     let now = self.clock.now();
                     let _ = self.broker.handle_input(now, Input::Timeout);
@@ -116,6 +133,10 @@ impl Hub {
         }
         self.broker.shutdown(self.clock.now());
         self.dispatch();
+        if let Some(store) = self.store.take() {
+            // The last commit: everything emitted is on disk before the server returns.
+            store.close();
+        }
         // Remaining writers get Close after their last bytes; dropping them ends the rest.
         for (_, writer) in self.writers.drain() {
             let _ = writer.tx.send(ToConn::Close);
@@ -192,7 +213,15 @@ impl Hub {
                         }
                     }
                 }
+                Output::Store { seq, op } => self.store_batch.push((seq, op)),
                 Output::Event(event) => log_event(&event),
+            }
+        }
+        if !self.store_batch.is_empty() {
+            let batch = std::mem::take(&mut self.store_batch);
+            match self.store.as_mut() {
+                Some(store) => store.submit(batch),
+                None => tracing::error!("the broker emitted store operations but has no store"),
             }
         }
     }
@@ -233,6 +262,16 @@ fn log_event(event: &Event) {
         Event::MessagesDropped { client_id, total } => {
             tracing::warn!(%client_id, total, "queue full, messages dropped")
         }
+        Event::StoreFailed {
+            seq,
+            error,
+            withheld,
+        } => tracing::error!(
+            seq,
+            %error,
+            withheld,
+            "store commit failed: acknowledgements withheld, their clients disconnected to retry"
+        ),
         other => tracing::debug!(?other, "broker event"),
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use surgemq_core::broker::{Authenticator, Broker, BrokerConfig};
+use surgemq_core::store::StoreSetup;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -74,6 +75,7 @@ pub struct Server {
     listeners: Vec<Listener>,
     authenticator: Option<Arc<dyn Authenticator>>,
     tls_handshake_timeout: Duration,
+    store: Option<StoreSetup>,
 }
 
 impl Server {
@@ -84,7 +86,18 @@ impl Server {
             listeners,
             authenticator: None,
             tls_handshake_timeout: Duration::from_secs(10),
+            store: None,
         }
+    }
+
+    /// Persistence: restores the broker from the store's content at start, and hands the
+    /// store every operation the broker emits (set
+    /// [`BrokerConfig::persistence`](surgemq_core::broker::BrokerConfig::persistence) to
+    /// `Durable` or `Periodic` to match).
+    #[must_use]
+    pub fn with_store(mut self, store: StoreSetup) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Checks credentials when the config's auth mode is `External`.
@@ -118,6 +131,7 @@ impl Server {
             listeners: bound,
             authenticator: self.authenticator,
             tls_handshake_timeout: self.tls_handshake_timeout,
+            store: self.store,
             shutdown_tx: Arc::new(shutdown_tx),
             shutdown_rx,
         })
@@ -135,6 +149,7 @@ pub struct BoundServer {
     listeners: Vec<(TcpListener, Option<TlsListener>)>,
     authenticator: Option<Arc<dyn Authenticator>>,
     tls_handshake_timeout: Duration,
+    store: Option<StoreSetup>,
     shutdown_tx: Arc<watch::Sender<bool>>,
     shutdown_rx: watch::Receiver<bool>,
 }
@@ -169,14 +184,35 @@ impl BoundServer {
     pub async fn run(self) -> io::Result<()> {
         let clock = Clock::start();
         let (tx, rx) = mpsc::channel(HUB_CHANNEL);
+        let mut broker = Broker::new(self.config, clock.now());
+        let (store_done_tx, store_done) = mpsc::unbounded_channel();
+        let store = self.store.map(|setup| {
+            let report = broker.restore(setup.snapshot);
+            tracing::info!(
+                sessions = report.sessions,
+                subscriptions = report.subscriptions,
+                messages = report.deliveries,
+                retained = report.retained,
+                discarded = report.discarded,
+                "restored from the store"
+            );
+            let done_tx = store_done_tx.clone();
+            (setup.start)(Box::new(move |seq, result| {
+                let _ = done_tx.send((seq, result));
+            }))
+        });
         let hub = Hub {
-            broker: Broker::new(self.config, clock.now()),
+            broker,
             clock,
             rx,
             tx: tx.clone(),
             shutdown: self.shutdown_rx.clone(),
             authenticator: self.authenticator,
             writers: HashMap::new(),
+            store,
+            store_batch: Vec::new(),
+            store_done,
+            _store_done_tx: store_done_tx,
         };
         let hub_task = tokio::spawn(hub.run());
         let mut accept_tasks = Vec::new();

@@ -483,6 +483,8 @@ pub struct Broker {
     runtime: Runtime,
     process: Proc,
     ports: Vec<u16>,
+    /// The broker's own data directory (durable persistence, the default), removed with it.
+    _data: tempfile::TempDir,
 }
 
 impl Broker {
@@ -499,8 +501,13 @@ impl Broker {
     }
 
     fn start(runtime: Runtime, args: &[&str]) -> Self {
+        let data = temp_dir();
         let mut command = Command::new(runtime.broker_binary());
-        command.args(args).arg("-v");
+        command
+            .args(args)
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("-v");
         let process = Proc::spawn(&format!("surgemq ({runtime})"), &mut command);
         // The start-up log names every bound address, then who may connect.
         if !process.wait_for_stderr(|log| log.contains(" auth: "), PROCESS_BOUND) {
@@ -522,6 +529,7 @@ impl Broker {
             runtime,
             process,
             ports,
+            _data: data,
         }
     }
 

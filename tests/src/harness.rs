@@ -23,6 +23,9 @@
 //! - keeps each connection's received bytes and decodes them, in the connection's protocol
 //!   version, only when the test calls [`TestBroker::recv`];
 //! - remembers `Close`s, events and authentication requests;
+//! - applies `Store` operations to a [`MemoryStore`] (the "disk") and answers `StoreDone` at
+//!   once, unless told to hold commits ([`TestBroker::set_auto_commit`]); a crash
+//!   ([`TestBroker::crash_and_restore`]) starts a new broker from what was committed;
 //! - moves time only when told ([`TestBroker::advance`]), feeding `Timeout` at every instant
 //!   [`Broker::poll_timeout`] asks for on the way.
 //!
@@ -35,13 +38,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use surgemq_core::broker::{
-    AuthRequest, AuthVerdict, Broker, BrokerConfig, ConnId, Event, Input, Output,
+    AuthRequest, AuthVerdict, Broker, BrokerConfig, ConnId, Event, Input, Output, RestoreReport,
+    StoreFailure,
 };
 use surgemq_core::codec::{
     ConnAck, Connect, ConnectReason, Decoded, Disconnect, MAX_PACKET_SIZE, Packet, PacketId,
     Properties, ProtocolVersion, PubAck, PubRel, Publish, QoS, Subscribe, SubscriptionOptions,
     Unsubscribe, decode, decode_buf,
 };
+use surgemq_core::store::{MemoryStore, StoreOp};
 use surgemq_core::string::MqttString;
 use surgemq_core::time::Instant;
 use surgemq_core::topic::{TopicFilter, TopicName};
@@ -90,6 +95,13 @@ pub struct TestBroker {
     peers: BTreeMap<ConnId, Peer>,
     events: Vec<Event>,
     auth_requests: Vec<AuthRequest>,
+    /// What the store committed (the "disk").
+    store: MemoryStore,
+    /// Store operations emitted and not yet committed.
+    uncommitted: Vec<(u64, StoreOp)>,
+    /// The last sequence number of each atomic group in `uncommitted`, oldest first.
+    group_ends: Vec<u64>,
+    auto_commit: bool,
 }
 
 impl TestBroker {
@@ -102,7 +114,124 @@ impl TestBroker {
             peers: BTreeMap::new(),
             events: Vec::new(),
             auth_requests: Vec::new(),
+            store: MemoryStore::new(),
+            uncommitted: Vec::new(),
+            group_ends: Vec::new(),
+            auto_commit: true,
         }
+    }
+
+    // ---- the store ------------------------------------------------------------------------
+
+    /// With `false`, `Store` operations wait for [`commit_store`](Self::commit_store) or
+    /// [`fail_store`](Self::fail_store) (a slow or failing disk); with `true` (the default)
+    /// each input's operations are committed right after it.
+    pub fn set_auto_commit(&mut self, on: bool) {
+        self.auto_commit = on;
+        if on {
+            self.commit_store();
+        }
+    }
+
+    /// Commits every operation emitted so far, as one transaction, and reports it.
+    pub fn commit_store(&mut self) {
+        if let Some(&(last, _)) = self.uncommitted.last() {
+            self.commit_store_through(last);
+        }
+    }
+
+    /// The store fails the operations emitted so far (they are not applied).
+    pub fn fail_store(&mut self, error: &str) {
+        if let Some(&(last, _)) = self.uncommitted.last() {
+            self.fail_store_through(last, error);
+        }
+    }
+
+    /// The last sequence number of each atomic group of uncommitted operations (what the
+    /// broker emitted in answer to one input, or to several), oldest first: where a commit or
+    /// a failure may end, since a group is never split.
+    pub fn uncommitted_groups(&self) -> &[u64] {
+        &self.group_ends
+    }
+
+    /// Commits the uncommitted operations up to `seq`, the end of a group (see
+    /// [`uncommitted_groups`](Self::uncommitted_groups)), as one transaction, and reports it;
+    /// the later ones stay uncommitted (a store committing one batch while the next waits).
+    pub fn commit_store_through(&mut self, seq: u64) {
+        let ops = self.take_uncommitted_through(seq);
+        for (_, op) in &ops {
+            self.store.apply(op);
+        }
+        self.input(Input::StoreDone {
+            seq,
+            result: Ok(()),
+        });
+    }
+
+    /// The store fails the uncommitted operations up to `seq`, the end of a group (they are not
+    /// applied); the later ones stay uncommitted, and may still be committed or failed (a store
+    /// that fails one batch and goes on with the next).
+    pub fn fail_store_through(&mut self, seq: u64, error: &str) {
+        self.take_uncommitted_through(seq);
+        self.input(Input::StoreDone {
+            seq,
+            result: Err(StoreFailure(error.to_owned())),
+        });
+    }
+
+    fn take_uncommitted_through(&mut self, seq: u64) -> Vec<(u64, StoreOp)> {
+        assert!(
+            self.group_ends.contains(&seq),
+            "{seq} does not end a group of uncommitted operations ({:?})",
+            self.group_ends
+        );
+        self.group_ends.retain(|&end| end > seq);
+        let keep = self.uncommitted.split_off(
+            self.uncommitted
+                .iter()
+                .position(|&(s, _)| s > seq)
+                .unwrap_or(self.uncommitted.len()),
+        );
+        std::mem::replace(&mut self.uncommitted, keep)
+    }
+
+    /// What the store holds (committed operations only).
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    /// Store operations emitted and not committed.
+    pub fn uncommitted(&self) -> &[(u64, StoreOp)] {
+        &self.uncommitted
+    }
+
+    /// The broker process dies (uncommitted operations are lost, every connection drops) and
+    /// a new one starts from the store, with the same configuration, at the same virtual time.
+    pub fn crash_and_restore(&mut self) -> RestoreReport {
+        let config = self.broker.config().clone();
+        self.uncommitted.clear();
+        self.group_ends.clear();
+        for peer in self.peers.values_mut() {
+            peer.closed = true;
+        }
+        self.broker = Broker::new(config, self.now);
+        let report = self.broker.restore(self.store.snapshot());
+        self.pump();
+        if self.auto_commit {
+            self.commit_store();
+        }
+        report
+    }
+
+    /// A broker with `config` started from `store` (as after a restart), at virtual time zero.
+    /// The operations [`Broker::restore`] emits stay in [`uncommitted`](Self::uncommitted),
+    /// for the test to look at, until [`commit_store`](Self::commit_store) or the next input.
+    pub fn from_store(config: BrokerConfig, store: MemoryStore) -> (Self, RestoreReport) {
+        let mut tb = Self::new(config);
+        tb.store = store;
+        let report = tb.broker.restore(tb.store.snapshot());
+        tb.pump();
+        (tb, report)
     }
 
     /// The broker, for its getters (`queued_messages`, `retained_count`, ...).
@@ -353,6 +482,9 @@ impl TestBroker {
             panic!("broker API misuse by the harness: {e:?}");
         }
         self.pump();
+        if self.auto_commit && !self.uncommitted.is_empty() {
+            self.commit_store();
+        }
     }
 
     /// Drains `poll_output`, reporting `Flushed` for auto-flushed connections, until the broker
@@ -375,10 +507,16 @@ impl TestBroker {
                     Output::Close { conn } => self.peer_mut(conn).closed = true,
                     Output::Authenticate(request) => self.auth_requests.push(request),
                     Output::Event(event) => self.events.push(event),
+                    Output::Store { seq, op } => {
+                        if let Some(&(last, _)) = self.uncommitted.last() {
+                            assert_eq!(seq, last + 1, "store sequence numbers must increase by 1");
+                        }
+                        self.uncommitted.push((seq, op));
+                    }
                 }
             }
             if flushed.is_empty() {
-                return;
+                break;
             }
             for (conn, bytes) in flushed {
                 if let Err(e) = self
@@ -388,6 +526,12 @@ impl TestBroker {
                     panic!("broker API misuse by the harness: {e:?}");
                 }
             }
+        }
+        // Everything one input caused has been drained: a group ends here.
+        if let Some(&(last, _)) = self.uncommitted.last()
+            && self.group_ends.last() != Some(&last)
+        {
+            self.group_ends.push(last);
         }
     }
 

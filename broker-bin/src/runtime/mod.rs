@@ -14,6 +14,7 @@ macro_rules! serve_on {
                 listeners,
                 authenticator,
                 auth_summary,
+                persistence,
             } = $settings;
             let adapter_listeners = listeners
                 .iter()
@@ -33,6 +34,10 @@ macro_rules! serve_on {
             let mut server = $adapter::Server::new(broker, adapter_listeners);
             if let Some(authenticator) = authenticator {
                 server = server.with_authenticator(authenticator);
+            }
+            tracing::info!("persistence: {}", persistence.describe());
+            if let Some(store) = $crate::store::setup(&persistence)? {
+                server = server.with_store(store);
             }
             let bound = server
                 .bind()

@@ -224,6 +224,7 @@ async fn execute(args: &BenchArgs) -> Result<Outcome, Failure> {
         version: ProtocolVersion::from(args.version),
         username: args.username.clone(),
         password: args.password.clone(),
+        persistent: args.persistent,
     });
     let clock = Clock::start();
     let run_id = format!("surgemq-bench-{}", std::process::id());
@@ -387,6 +388,21 @@ async fn execute(args: &BenchArgs) -> Result<Outcome, Failure> {
             .map_err(|e| Failure::failed(format!("subscriber task failed: {e}")))?
             .map_err(Failure::failed)?;
         subscriber_reports.push(report);
+    }
+    if args.persistent {
+        // Leave nothing behind: a clean-session CONNECT discards each stored session.
+        let clean = Identity {
+            persistent: false,
+            ..(*identity).clone()
+        };
+        let ids = (0..args.subscribers)
+            .map(|j| format!("{run_id}-s{j}"))
+            .chain((0..args.publishers).map(|i| format!("{run_id}-p{i}")));
+        for id in ids {
+            if let Ok(wire) = Wire::connect(&clean, &id).await {
+                wire.disconnect().await;
+            }
+        }
     }
     Ok(summarize(
         args,

@@ -34,6 +34,8 @@ pub struct Identity {
     pub username: Option<String>,
     /// Password.
     pub password: Option<String>,
+    /// Clean session 0: the broker keeps (and, if it persists, stores) the sessions.
+    pub persistent: bool,
 }
 
 /// An MQTT connection after CONNACK.
@@ -50,7 +52,8 @@ pub struct Wire {
 }
 
 impl Wire {
-    /// Connects, sends CONNECT (clean start, keep alive off) and waits for a successful CONNACK.
+    /// Connects, sends CONNECT (clean start unless the identity is persistent, keep alive off)
+    /// and waits for a successful CONNACK.
     pub async fn connect(identity: &Identity, client_id: &str) -> Result<Self, String> {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::connect_now(identity, client_id))
             .await
@@ -67,7 +70,7 @@ impl Wire {
         let string = |s: &str| MqttString::new(s).map_err(|e| format!("`{s}`: {e}"));
         let connect = Connect {
             protocol: identity.version,
-            clean_start: true,
+            clean_start: !identity.persistent,
             // The loops never ping: data flows all the time, and an idle subscriber must
             // not be cut off while waiting for the publishers to start.
             keep_alive: 0,

@@ -305,7 +305,15 @@ impl Broker {
         let port = free_port();
         let guard = start_broker(
             "surgemq",
-            Command::new(binary).args(["-p", &port.to_string(), "--log-level", "warn"]),
+            Command::new(binary).args([
+                "-p",
+                &port.to_string(),
+                "--log-level",
+                "warn",
+                // Brokers of concurrent tests must not share ./surgemq-data.
+                "--persistence",
+                "memory",
+            ]),
             port,
         );
         Some(Self {

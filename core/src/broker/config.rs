@@ -28,6 +28,23 @@ pub enum OverflowPolicy {
     DropNew,
 }
 
+/// Whether the broker emits [`Output::Store`](super::Output::Store) operations, and whether
+/// acknowledgements wait for them to be committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing is stored: no `Store` outputs at all.
+    Off,
+    /// Persistent sessions, their QoS 1/2 messages and retained messages are emitted as
+    /// `Store` operations, and every acknowledgement (PUBACK, PUBREC, PUBCOMP, SUBACK,
+    /// UNSUBACK) waits for the [`Input::StoreDone`](super::Input::StoreDone) covering what was
+    /// emitted before it. A QoS 2 PUBLISH to a persistent session is written to its socket only
+    /// once its in-flight state is committed. Nothing acknowledged is lost in a crash.
+    Durable,
+    /// The same operations are emitted, but nothing waits for them: the adapter commits them
+    /// on its own schedule, and a crash loses what was acknowledged since the last commit.
+    Periodic,
+}
+
 /// Configuration of a [`Broker`](super::Broker).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
@@ -48,6 +65,16 @@ pub struct BrokerConfig {
     pub max_queued_bytes: usize,
     /// What happens when a queue is full.
     pub overflow_policy: OverflowPolicy,
+    /// Publisher flow control: while a connected session that a QoS 1/2 message went to has
+    /// more than half of `max_queued_messages` queued, the acknowledgement (PUBACK / PUBREC)
+    /// to its publisher is held until that queue is back under a quarter. Publishers then slow
+    /// down to their slowest connected subscriber (within their own in-flight window) instead
+    /// of overflowing its queue. Offline sessions never hold acknowledgements.
+    pub publisher_flow_control: bool,
+    /// The longest one subscriber may hold acknowledgements; after it the acknowledgements go
+    /// out and that subscriber's queue falls back to `overflow_policy` until it drains under a
+    /// quarter. Bounds what a subscriber that stopped reading can do to publishers.
+    pub max_ack_hold: Duration,
     /// Queue QoS 0 messages for offline persistent sessions (Mosquitto's `queue_qos0_messages`).
     pub queue_qos0_offline: bool,
     /// Bytes handed to a connection but not yet reported flushed, above which the broker stops
@@ -66,6 +93,8 @@ pub struct BrokerConfig {
     /// Retained messages kept at most (new topics beyond it are not retained; replacing and
     /// clearing still work).
     pub max_retained_messages: usize,
+    /// What is stored, and whether acknowledgements wait for it.
+    pub persistence: Persistence,
     /// Seed for everything random (assigned client identifiers, hashing): a simulation with the
     /// same seed replays exactly.
     pub seed: u64,
@@ -84,6 +113,8 @@ impl Default for BrokerConfig {
             max_queued_messages: 1000,
             max_queued_bytes: 64 * 1024 * 1024,
             overflow_policy: OverflowPolicy::DropOldestQoS0First,
+            publisher_flow_control: true,
+            max_ack_hold: Duration::from_secs(5),
             queue_qos0_offline: false,
             max_unflushed_bytes: 1024 * 1024,
             retry_interval: None,
@@ -91,6 +122,7 @@ impl Default for BrokerConfig {
             auth: AuthMode::LoopbackOnly,
             max_subscriptions_per_client: 10_000,
             max_retained_messages: 1_000_000,
+            persistence: Persistence::Off,
             seed: 0x5375_7267_654d_5121,
             version: concat!("surgemq version ", env!("CARGO_PKG_VERSION")),
         }

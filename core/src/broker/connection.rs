@@ -46,6 +46,9 @@ pub(crate) struct Connection {
     pub(crate) last_received: Instant,
     pub(crate) session: Option<SessionKey>,
     pub(crate) will: Option<Will>,
+    /// Durable persistence: the batch is not handed out until the store has committed this
+    /// sequence number (0: not held). Set after writing a stored QoS 2 PUBLISH.
+    pub(crate) hold_until: u64,
     /// Earliest instant this connection has an entry for in the timer heap.
     pub(crate) timer_at: Option<Instant>,
 }
@@ -66,6 +69,7 @@ impl Connection {
             last_received: now,
             session: None,
             will: None,
+            hold_until: 0,
             timer_at: None,
         }
     }

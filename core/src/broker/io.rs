@@ -5,6 +5,7 @@ use bytes::Bytes;
 use core::net::SocketAddr;
 
 use crate::codec::{ConnectReason, DecodeError, ProtocolVersion};
+use crate::store::StoreOp;
 use crate::string::MqttString;
 
 /// A connection's identifier, assigned by [`Broker::open_connection`](super::Broker::open_connection).
@@ -43,6 +44,15 @@ pub enum Input {
     },
     /// A time given by [`Broker::poll_timeout`](super::Broker::poll_timeout) was reached.
     Timeout,
+    /// The store applied every [`Output::Store`] up to and including sequence number `seq`
+    /// (one report may cover many operations: that is group commit), or failed to.
+    StoreDone {
+        /// The last operation covered.
+        seq: u64,
+        /// Committed, or why not. On failure the broker withholds every acknowledgement that
+        /// depended on those operations and closes those connections so their clients retry.
+        result: Result<(), StoreFailure>,
+    },
     /// The answer to an [`Output::Authenticate`].
     AuthDone {
         /// The connection.
@@ -50,6 +60,16 @@ pub enum Input {
         /// Accept, or refuse with a reason.
         verdict: AuthVerdict,
     },
+}
+
+/// Why a store could not commit (the adapter's error, as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFailure(pub alloc::string::String);
+
+impl core::fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Answers [`Output::Authenticate`]. Adapters call it off the broker's task: checking a
@@ -83,6 +103,15 @@ pub enum Output {
     Close {
         /// The connection.
         conn: ConnId,
+    },
+    /// Apply this operation to the store, after every one with a lower `seq`, and report
+    /// [`Input::StoreDone`] once committed (only with [`Persistence`](super::Persistence)
+    /// other than `Off`). Sequence numbers start at 1 and increase by one.
+    Store {
+        /// Its sequence number.
+        seq: u64,
+        /// What to change.
+        op: StoreOp,
     },
     /// Check a client's credentials and answer with [`Input::AuthDone`] (only in
     /// [`AuthMode::External`](super::AuthMode::External)).
@@ -140,6 +169,16 @@ pub enum Event {
         /// Why.
         cause: DisconnectCause,
     },
+    /// The store failed to commit operations up to `seq`: `withheld` acknowledgements were not
+    /// sent, and their connections closed.
+    StoreFailed {
+        /// The last operation of the failed batch.
+        seq: u64,
+        /// The store's error.
+        error: StoreFailure,
+        /// Acknowledgements withheld.
+        withheld: usize,
+    },
     /// Messages for a session were dropped because its queue was full. Reported at the first
     /// drop and then each time the session's total doubles (the `$SYS` counter
     /// `messages/dropped` counts every one).
@@ -166,6 +205,8 @@ pub enum DisconnectCause {
     Refused(ConnectReason),
     /// The broker is shutting down ([`Broker::shutdown`](super::Broker::shutdown)).
     ServerShutdown,
+    /// The store could not commit what an acknowledgement owed to this client depended on.
+    StoreFailed,
 }
 
 /// A rule of the protocol a client broke. The connection is closed ([MQTT-4.8.0-1]).

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! Broker::new(config, now)
+//! Broker::restore(snapshot)          // after a restart, before any connection
 //! Broker::open_connection(now, peer) -> ConnId
-//! Broker::handle_input(now, Input)   // Received | Flushed | Closed | Timeout | AuthDone
-//! Broker::poll_output() -> Option<Output>   // Transmit | Close | Authenticate | Event
+//! Broker::handle_input(now, Input)   // Received | Flushed | Closed | Timeout | StoreDone | AuthDone
+//! Broker::poll_output() -> Option<Output>   // Transmit | Close | Store | Authenticate | Event
 //! Broker::poll_timeout() -> Option<Instant> // next wake-up
 //! ```
 //!
@@ -13,6 +14,12 @@
 //! several inputs first is allowed and batches writes better. Every `Transmit` must be followed,
 //! eventually, by `Flushed` for the bytes the socket took: that is how the broker knows a
 //! subscriber is slow and stops writing to it (see [`BrokerConfig::max_unflushed_bytes`]).
+//!
+//! Persistence ([`BrokerConfig::persistence`]): the broker emits [`Output::Store`] operations
+//! (see [`crate::store`]) for what must survive a restart. The operations drained after one
+//! input form an atomic group: commit them in one transaction (or in one with those of other
+//! inputs), never split. In [`Persistence::Durable`] mode every acknowledgement waits for the
+//! [`Input::StoreDone`] that covers the operations emitted before it.
 //!
 //! Modules: [`config`] (limits and policies), `connection` (per-connection protocol state),
 //! `session` (per-client state that may outlive connections), `router` (subscriptions and
@@ -42,10 +49,10 @@ use core::time::Duration;
 
 use bytes::Bytes;
 
-pub use config::{AuthMode, BrokerConfig, OverflowPolicy};
+pub use config::{AuthMode, BrokerConfig, OverflowPolicy, Persistence};
 pub use io::{
     AuthRequest, AuthVerdict, Authenticator, ConnId, DisconnectCause, Event, Input, Output,
-    ProtocolViolation,
+    ProtocolViolation, StoreFailure,
 };
 
 use crate::codec::{
@@ -53,10 +60,11 @@ use crate::codec::{
     PubAck, PubRel, Publish, PublishView, QoS, SubAck, SubAckReason, Subscribe, UnsubAck,
     Unsubscribe, decode_buf,
 };
+use crate::store::{DeliveryState, StoreOp, StoreSnapshot, StoredDelivery, StoredSession};
 use crate::string::MqttString;
 use crate::time::Instant;
 use connection::{Connection, Phase};
-use router::Router;
+use router::{RetainChange, Router};
 use session::{Delivery, Enqueued, Inflight, InflightState, Message, Session, SessionKey};
 use slab::Slab;
 use sys::Stats;
@@ -93,6 +101,8 @@ impl std::error::Error for UsageError {}
 enum Timer {
     Sys,
     Conn(ConnId),
+    /// A session's held acknowledgements reach `max_ack_hold`.
+    AckHold(SessionKey),
 }
 
 /// The MQTT broker state machine. See the [module docs](self).
@@ -112,6 +122,44 @@ pub struct Broker {
     rng: u64,
     /// Reused list of routing targets.
     route_buf: Vec<(SessionKey, QoS)>,
+    /// Set by `route`: a connected session the message went to is congested (publisher flow
+    /// control), so the publisher's acknowledgement waits for it.
+    congested: Option<SessionKey>,
+    /// Last [`Output::Store`] sequence number handed out.
+    store_seq: u64,
+    /// Last sequence number the store reported committed.
+    store_done: u64,
+    /// Acknowledgements waiting for the store (durable mode), in the order they were made.
+    pending_acks: VecDeque<PendingAck>,
+    /// Connections whose batch is held until the store commits (durable mode, QoS 2).
+    held: Vec<ConnId>,
+    /// How many stored deliveries reference each stored message.
+    message_refs: BTreeMap<u64, u32>,
+    next_message_id: u64,
+}
+
+/// An acknowledgement that may be sent once the store has committed `seq`.
+#[derive(Debug)]
+struct PendingAck {
+    seq: u64,
+    conn: ConnId,
+    packet: Packet,
+}
+
+/// What [`Broker::restore`] rebuilt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Persistent sessions restored (all offline).
+    pub sessions: usize,
+    /// Subscriptions restored.
+    pub subscriptions: usize,
+    /// Messages queued or in flight to those sessions.
+    pub deliveries: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// Records that referred to something absent (a delivery of a missing message or for a
+    /// missing session) or that nothing referred to; deleted by `Store` operations.
+    pub discarded: usize,
 }
 
 impl fmt::Debug for Broker {
@@ -141,6 +189,13 @@ impl Broker {
             timers: BinaryHeap::new(),
             stats: Stats::default(),
             route_buf: Vec::new(),
+            congested: None,
+            store_seq: 0,
+            store_done: 0,
+            pending_acks: VecDeque::new(),
+            held: Vec::new(),
+            message_refs: BTreeMap::new(),
+            next_message_id: 1,
         };
         if let Some(interval) = broker.config.sys_interval {
             broker.timers.push(Reverse((now + interval, Timer::Sys)));
@@ -187,7 +242,126 @@ impl Broker {
         self.sessions.get(key.0).map(|s| s.inflight.len())
     }
 
+    /// Acknowledgements waiting for the store to commit (durable mode).
+    pub fn pending_acks(&self) -> usize {
+        self.pending_acks.len()
+    }
+
     // ---- commands -----------------------------------------------------------------------
+
+    /// Rebuilds persistent sessions (offline), their subscriptions, queued and in-flight
+    /// messages, QoS 2 receive state, and retained messages from a store's content. Call it
+    /// once, on a new broker, before opening any connection. Records that do not fit together
+    /// are reported and deleted with `Store` operations, never half-restored.
+    pub fn restore(&mut self, snapshot: StoreSnapshot) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        let StoreSnapshot {
+            sessions,
+            messages,
+            mut deliveries,
+            release_ids,
+            retained,
+        } = snapshot;
+        let mut by_id: BTreeMap<u64, Arc<Message>> = BTreeMap::new();
+        for (id, m) in messages {
+            self.next_message_id = self.next_message_id.max(id.saturating_add(1));
+            by_id.insert(id, Arc::new(Message::from_stored(id, m)));
+        }
+        for stored in sessions {
+            if self.by_client_id.contains_key(&stored.client_id) {
+                continue;
+            }
+            let key = SessionKey(
+                self.sessions
+                    .insert(Session::new(stored.client_id.clone(), true)),
+            );
+            self.by_client_id.insert(stored.client_id, key);
+            report.sessions += 1;
+            for (filter, options) in stored.subscriptions {
+                self.router.subscribe(key, &filter, options);
+                if let Some(session) = self.sessions.get_mut(key.0) {
+                    session.subscriptions.insert(filter, options);
+                }
+                report.subscriptions += 1;
+            }
+        }
+        for (client_id, packet_id) in release_ids {
+            let session = self
+                .by_client_id
+                .get(&client_id)
+                .and_then(|k| self.sessions.get_mut(k.0));
+            match session {
+                Some(session) => {
+                    session.awaiting_release.insert(packet_id);
+                }
+                None => {
+                    report.discarded += 1;
+                    self.store(StoreOp::DeleteReleaseId {
+                        client_id,
+                        packet_id,
+                    });
+                }
+            }
+        }
+        deliveries.sort_by(|a, b| (&a.client_id, a.seq).cmp(&(&b.client_id, b.seq)));
+        for d in deliveries {
+            let key = self.by_client_id.get(&d.client_id).copied();
+            let message = by_id.get(&d.message).cloned();
+            let (Some(key), Some(message)) = (key, message) else {
+                report.discarded += 1;
+                self.store(StoreOp::DeleteDelivery {
+                    client_id: d.client_id,
+                    seq: d.seq,
+                });
+                continue;
+            };
+            let Some(session) = self.sessions.get_mut(key.0) else {
+                continue;
+            };
+            *self.message_refs.entry(d.message).or_insert(0) += 1;
+            session.next_seq = session.next_seq.max(d.seq.saturating_add(1));
+            let delivery = Delivery {
+                message,
+                qos: d.qos,
+                retain: d.retain,
+                seq: d.seq,
+            };
+            let (id, state) = match d.state {
+                DeliveryState::Queued => {
+                    session.enqueue(delivery, usize::MAX, usize::MAX, false);
+                    report.deliveries += 1;
+                    continue;
+                }
+                DeliveryState::AwaitingAck(id) => (id, InflightState::AwaitingAck),
+                DeliveryState::AwaitingComp(id) => (id, InflightState::AwaitingComp),
+            };
+            session.inflight.push_back(Inflight {
+                id,
+                delivery,
+                state,
+                sent_at: self.now,
+            });
+            report.deliveries += 1;
+        }
+        for (id, _) in by_id {
+            if !self.message_refs.contains_key(&id) {
+                report.discarded += 1;
+                self.store(StoreOp::DeleteMessage { id });
+            }
+        }
+        for m in retained {
+            let id = self.new_message_id();
+            let message = Arc::new(Message::from_stored(id, m));
+            if self
+                .router
+                .retain(&message, self.config.max_retained_messages)
+                == RetainChange::Stored
+            {
+                report.retained += 1;
+            }
+        }
+        report
+    }
 
     /// Registers a new network connection. `peer` is its remote address when known (used by
     /// [`AuthMode::LoopbackOnly`]; `None` counts as local, for in-process embedding).
@@ -242,6 +416,10 @@ impl Broker {
                 self.handle_timeout();
                 Ok(())
             }
+            Input::StoreDone { seq, result } => {
+                self.handle_store_done(seq, result);
+                Ok(())
+            }
             Input::AuthDone { conn, verdict } => {
                 self.check_known(conn)?;
                 self.handle_auth_done(conn, verdict);
@@ -288,11 +466,12 @@ impl Broker {
         }
     }
 
-    /// Takes a connection's pending batch, counting it as unflushed.
+    /// Takes a connection's pending batch, counting it as unflushed. A held batch stays
+    /// (the store's commit releases it).
     fn take_batch(&mut self, conn: ConnId) -> Option<Bytes> {
         let c = self.conns.get_mut(conn.0)?;
         c.dirty = false;
-        if c.out.is_empty() {
+        if c.out.is_empty() || c.hold_until > self.store_done {
             return None;
         }
         let data = c.out.split().freeze();
@@ -318,6 +497,286 @@ impl Broker {
     fn flush_to_outputs(&mut self, conn: ConnId) {
         if let Some(data) = self.take_batch(conn) {
             self.outputs.push_back(Output::Transmit { conn, data });
+        }
+    }
+
+    // ---- internals: the store ------------------------------------------------------------
+
+    fn persisting(&self) -> bool {
+        self.config.persistence != Persistence::Off
+    }
+
+    fn durable(&self) -> bool {
+        self.config.persistence == Persistence::Durable
+    }
+
+    fn store(&mut self, op: StoreOp) {
+        self.store_seq += 1;
+        self.outputs.push_back(Output::Store {
+            seq: self.store_seq,
+            op,
+        });
+    }
+
+    fn new_message_id(&mut self) -> u64 {
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        id
+    }
+
+    /// Counts a stored delivery of `message`, storing the message with the first one.
+    fn ref_message(&mut self, message: &Message) {
+        let refs = self.message_refs.entry(message.id).or_insert(0);
+        *refs += 1;
+        if *refs == 1 {
+            self.store(StoreOp::PutMessage {
+                id: message.id,
+                message: message.to_stored(),
+            });
+        }
+    }
+
+    /// Forgets a stored delivery of message `id`, deleting the message with the last one.
+    fn unref_message(&mut self, id: u64) {
+        if let Some(refs) = self.message_refs.get_mut(&id) {
+            *refs = refs.saturating_sub(1);
+            if *refs == 0 {
+                self.message_refs.remove(&id);
+                self.store(StoreOp::DeleteMessage { id });
+            }
+        }
+    }
+
+    fn store_delivery(&mut self, key: SessionKey, delivery: &Delivery, state: DeliveryState) {
+        if delivery.seq == 0 {
+            return;
+        }
+        let Some(session) = self.sessions.get(key.0) else {
+            return;
+        };
+        let op = StoreOp::PutDelivery(StoredDelivery {
+            client_id: session.client_id.clone(),
+            seq: delivery.seq,
+            message: delivery.message.id,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            state,
+        });
+        self.store(op);
+    }
+
+    /// A stored delivery is done (acknowledged) or dropped.
+    fn forget_delivery(&mut self, key: SessionKey, delivery: &Delivery) {
+        if delivery.seq == 0 {
+            return;
+        }
+        let Some(session) = self.sessions.get(key.0) else {
+            return;
+        };
+        let client_id = session.client_id.clone();
+        self.store(StoreOp::DeleteDelivery {
+            client_id,
+            seq: delivery.seq,
+        });
+        self.unref_message(delivery.message.id);
+    }
+
+    /// Stores a persistent session's record (identifier and subscriptions).
+    fn store_session(&mut self, key: SessionKey) {
+        if !self.persisting() {
+            return;
+        }
+        let Some(session) = self.sessions.get(key.0) else {
+            return;
+        };
+        if !session.persistent {
+            return;
+        }
+        let op = StoreOp::PutSession(StoredSession {
+            client_id: session.client_id.clone(),
+            subscriptions: session
+                .subscriptions
+                .iter()
+                .map(|(f, o)| (f.clone(), *o))
+                .collect(),
+        });
+        self.store(op);
+    }
+
+    /// Sends an acknowledgement now, or (durable mode, something not yet committed) once the
+    /// store has committed everything emitted so far.
+    fn send_ack(&mut self, conn: ConnId, packet: Packet) {
+        if self.durable() && self.store_seq > self.store_done {
+            self.pending_acks.push_back(PendingAck {
+                seq: self.store_seq,
+                conn,
+                packet,
+            });
+        } else {
+            self.send(conn, &packet);
+        }
+    }
+
+    /// Holds the connection's batch until the store has committed what was emitted so far.
+    fn hold(&mut self, conn: ConnId) {
+        let seq = self.store_seq;
+        if seq <= self.store_done {
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(conn.0) {
+            if c.hold_until == 0 {
+                self.held.push(conn);
+            }
+            c.hold_until = c.hold_until.max(seq);
+        }
+    }
+
+    fn handle_store_done(&mut self, seq: u64, result: Result<(), StoreFailure>) {
+        let seq = seq.min(self.store_seq);
+        match result {
+            Ok(()) => {
+                self.store_done = self.store_done.max(seq);
+                while let Some(ack) = self.pending_acks.front() {
+                    if ack.seq > self.store_done {
+                        break;
+                    }
+                    if let Some(ack) = self.pending_acks.pop_front() {
+                        self.send(ack.conn, &ack.packet);
+                    }
+                }
+                let done = self.store_done;
+                let mut held = core::mem::take(&mut self.held);
+                held.retain(|&conn| {
+                    let Some(c) = self.conns.get_mut(conn.0) else {
+                        return false;
+                    };
+                    if c.hold_until > done {
+                        return true;
+                    }
+                    c.hold_until = 0;
+                    if !c.out.is_empty() && !c.dirty {
+                        c.dirty = true;
+                        self.dirty.push(conn);
+                    }
+                    false
+                });
+                self.held = held;
+            }
+            Err(error) => {
+                // What those acknowledgements promised is not on disk: withhold them, and
+                // close their connections so the clients resend (they will be acknowledged
+                // once a later commit succeeds). Held QoS 2 deliveries likewise.
+                let mut close = Vec::new();
+                while let Some(ack) = self.pending_acks.front() {
+                    if ack.seq > seq {
+                        break;
+                    }
+                    if let Some(ack) = self.pending_acks.pop_front() {
+                        close.push(ack.conn);
+                    }
+                }
+                let withheld = close.len();
+                for &conn in &self.held {
+                    if self.conns.get(conn.0).is_some_and(|c| c.hold_until <= seq) {
+                        close.push(conn);
+                    }
+                }
+                close.sort_unstable();
+                close.dedup();
+                self.event(Event::StoreFailed {
+                    seq,
+                    error,
+                    withheld,
+                });
+                for conn in close {
+                    if self.conns.contains(conn.0) {
+                        self.end_connection(conn, DisconnectCause::StoreFailed, true);
+                    }
+                }
+                // Settled all the same, once the held batches are dropped with their
+                // connections: nothing waits for the failed operations any more, or an
+                // acknowledgement needing no new operation (or a connection held for nothing
+                // new) would wait for a commit that may never come.
+                self.store_done = self.store_done.max(seq);
+                // The store now lacks what the failed operations said, and later operations
+                // (already on their way) build on them. Memory is the reference: rewrite all
+                // of it, and let everything still waiting wait for that rewrite too.
+                self.resync_store();
+                let resynced = self.store_seq;
+                for ack in &mut self.pending_acks {
+                    ack.seq = ack.seq.max(resynced);
+                }
+                for &conn in &self.held {
+                    if let Some(c) = self.conns.get_mut(conn.0) {
+                        c.hold_until = c.hold_until.max(resynced);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Emits [`StoreOp::Clear`] and then everything the broker keeps, in one atomic group.
+    fn resync_store(&mut self) {
+        self.store(StoreOp::Clear);
+        let keys: Vec<u64> = self.sessions.keys().collect();
+        let mut stored_messages = BTreeMap::new();
+        for key in keys {
+            let key = SessionKey(key);
+            let Some(session) = self.sessions.get(key.0) else {
+                continue;
+            };
+            if !session.persistent {
+                continue;
+            }
+            let client_id = session.client_id.clone();
+            let mut ops = Vec::new();
+            for &packet_id in &session.awaiting_release {
+                ops.push(StoreOp::PutReleaseId {
+                    client_id: client_id.clone(),
+                    packet_id,
+                });
+            }
+            let inflight = session.inflight.iter().map(|f| {
+                let state = match f.state {
+                    InflightState::AwaitingAck => DeliveryState::AwaitingAck(f.id),
+                    InflightState::AwaitingComp => DeliveryState::AwaitingComp(f.id),
+                };
+                (&f.delivery, state)
+            });
+            let queued = session.queue.iter().map(|d| (d, DeliveryState::Queued));
+            for (d, state) in inflight.chain(queued).filter(|(d, _)| d.seq != 0) {
+                stored_messages
+                    .entry(d.message.id)
+                    .or_insert_with(|| Arc::clone(&d.message));
+                ops.push(StoreOp::PutDelivery(StoredDelivery {
+                    client_id: client_id.clone(),
+                    seq: d.seq,
+                    message: d.message.id,
+                    qos: d.qos,
+                    retain: d.retain,
+                    state,
+                }));
+            }
+            self.store_session(key);
+            for op in ops {
+                self.store(op);
+            }
+        }
+        for (id, message) in stored_messages {
+            self.store(StoreOp::PutMessage {
+                id,
+                message: message.to_stored(),
+            });
+        }
+        let retained: Vec<Arc<Message>> = self
+            .router
+            .retained
+            .values()
+            .filter(|m| !m.topic.as_str().starts_with("$SYS"))
+            .cloned()
+            .collect();
+        for message in retained {
+            self.store(StoreOp::PutRetained(message.to_stored()));
         }
     }
 
@@ -385,6 +844,7 @@ impl Broker {
                     }
                 }
                 Timer::Conn(conn) => self.connection_timer(conn, at),
+                Timer::AckHold(key) => self.ack_hold_expired(key),
             }
         }
     }
@@ -505,7 +965,9 @@ impl Broker {
             .map(|s| s.client_id.clone());
         if let Some(will) = c.will.take() {
             // 3.1.1 [MQTT-3.1.2-8]: published when the connection ends without DISCONNECT.
+            let id = self.new_message_id();
             let message = Arc::new(Message {
+                id,
                 topic: will.topic,
                 payload: will.payload,
                 qos: will.qos,
@@ -536,15 +998,29 @@ impl Broker {
             return;
         }
         session.conn = None;
-        if !session.persistent {
+        // Offline sessions hold no publisher back.
+        self.check_ack_hold(key);
+        if !session_persistent(&self.sessions, key) {
             self.discard_session(key);
         }
     }
 
     fn discard_session(&mut self, key: SessionKey) {
+        self.release_held_acks(key);
         let Some(session) = self.sessions.remove(key.0) else {
             return;
         };
+        if session.persistent && self.persisting() {
+            self.store(StoreOp::DeleteSession {
+                client_id: session.client_id.clone(),
+            });
+            let stored = session.inflight.iter().map(|f| &f.delivery);
+            for d in stored.chain(session.queue.iter()) {
+                if d.seq != 0 {
+                    self.unref_message(d.message.id);
+                }
+            }
+        }
         for filter in session.subscriptions.keys() {
             self.router.unsubscribe(key, filter);
         }
@@ -723,6 +1199,7 @@ impl Broker {
                         .insert(Session::new(client_id.clone(), !clean_start)),
                 );
                 self.by_client_id.insert(client_id.clone(), key);
+                self.store_session(key);
                 // 3.1.1 [MQTT-3.2.2-1] [MQTT-3.2.2-3]
                 (key, false)
             }
@@ -778,6 +1255,7 @@ impl Broker {
             return;
         };
         self.stats.messages_received += 1;
+        self.congested = None;
         let Publish {
             qos,
             retain,
@@ -789,8 +1267,10 @@ impl Broker {
         // Only the broker publishes statistics under $SYS; a client's attempt is acknowledged
         // and dropped (3.1.1 [MQTT-3.3.5-2] allows either).
         let forbidden = topic.as_str() == "$SYS" || topic.as_str().starts_with("$SYS/");
+        let id = self.new_message_id();
         let message = || {
             Arc::new(Message {
+                id,
                 topic,
                 payload,
                 qos,
@@ -808,7 +1288,7 @@ impl Broker {
                     self.route(&message(), retain);
                 }
                 // 3.1.1 [MQTT-4.3.2-2] [MQTT-2.3.1-6]
-                self.send(conn, &Packet::PubAck(PubAck::success(id)));
+                self.ack_publish(conn, Packet::PubAck(PubAck::success(id)));
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 let Some(session) = self.sessions.get_mut(key.0) else {
@@ -816,10 +1296,20 @@ impl Broker {
                 };
                 // 3.1.1 [MQTT-4.3.3-2]: a repeated PUBLISH before PUBREL is acknowledged
                 // again but not delivered again.
-                if session.awaiting_release.insert(id) && !forbidden {
-                    self.route(&message(), retain);
+                if session.awaiting_release.insert(id) {
+                    let stored = session.persistent.then(|| session.client_id.clone());
+                    if !forbidden {
+                        self.route(&message(), retain);
+                    }
+                    // Stored after the deliveries, in the same atomic group as them.
+                    if let Some(client_id) = stored.filter(|_| self.persisting()) {
+                        self.store(StoreOp::PutReleaseId {
+                            client_id,
+                            packet_id: id,
+                        });
+                    }
                 }
-                self.send(conn, &Packet::PubRec(PubAck::success(id)));
+                self.ack_publish(conn, Packet::PubRec(PubAck::success(id)));
             }
             // The decoder guarantees a packet id at QoS 1 and 2.
             (_, None) => {}
@@ -831,9 +1321,20 @@ impl Broker {
             && let Some(session) = self.sessions.get_mut(key.0)
         {
             session.awaiting_release.remove(&id);
+            // Deleted from the store even when memory no longer awaits it: a PUBREL resent
+            // after a failed commit (PUBCOMP withheld, connection closed) must not leave the
+            // identifier on disk.
+            if session.persistent && self.config.persistence != Persistence::Off {
+                let client_id = session.client_id.clone();
+                self.store(StoreOp::DeleteReleaseId {
+                    client_id,
+                    packet_id: id,
+                });
+            }
         }
-        // 3.1.1 [MQTT-4.3.3-2]: PUBCOMP with the same identifier.
-        self.send(conn, &Packet::PubComp(PubRel::success(id)));
+        // 3.1.1 [MQTT-4.3.3-2]: PUBCOMP with the same identifier. After the release is
+        // committed: a stale identifier restored after a crash would swallow its reuse.
+        self.send_ack(conn, Packet::PubComp(PubRel::success(id)));
     }
 
     fn handle_puback(&mut self, conn: ConnId, id: PacketId) {
@@ -848,8 +1349,8 @@ impl Broker {
                 .inflight
                 .get(at)
                 .is_some_and(|f| f.delivery.qos == QoS::AtLeastOnce);
-            if is_qos1 {
-                session.inflight.remove(at);
+            if is_qos1 && let Some(done) = session.inflight.remove(at) {
+                self.forget_delivery(key, &done.delivery);
                 self.drain_queue(key);
             }
         }
@@ -862,15 +1363,27 @@ impl Broker {
         let Some(session) = self.sessions.get_mut(key.0) else {
             return;
         };
+        let mut stored = false;
         if let Some(f) = session.inflight.iter_mut().find(|f| f.id == id)
             && f.delivery.qos == QoS::ExactlyOnce
         {
             // The message is now the receiver's; only the identifier stays in flight.
+            let changed = f.state != InflightState::AwaitingComp;
             f.state = InflightState::AwaitingComp;
             f.sent_at = self.now;
+            stored = f.delivery.seq != 0;
+            if changed {
+                let delivery = f.delivery.clone();
+                self.store_delivery(key, &delivery, DeliveryState::AwaitingComp(id));
+            }
         }
         // 3.1.1 [MQTT-4.3.3-1]: answer PUBREC with PUBREL.
         self.send(conn, &Packet::PubRel(PubRel::success(id)));
+        if stored && self.durable() {
+            // Written only once the new state is on disk: after PUBREL the PUBLISH must never
+            // be sent again, which a crash that forgot the PUBREC would do.
+            self.hold(conn);
+        }
     }
 
     fn handle_pubcomp(&mut self, conn: ConnId, id: PacketId) {
@@ -885,8 +1398,8 @@ impl Broker {
                 .inflight
                 .get(at)
                 .is_some_and(|f| f.state == InflightState::AwaitingComp);
-            if done {
-                session.inflight.remove(at);
+            if done && let Some(done) = session.inflight.remove(at) {
+                self.forget_delivery(key, &done.delivery);
                 self.drain_queue(key);
             }
         }
@@ -894,9 +1407,21 @@ impl Broker {
 
     /// Delivers a message to every matching session; stores it first if retained.
     fn route(&mut self, message: &Arc<Message>, retain: bool) {
+        self.congested = None;
         if retain {
-            self.router
+            let change = self
+                .router
                 .retain(message, self.config.max_retained_messages);
+            let sys = message.topic.as_str().starts_with("$SYS");
+            if self.persisting() && !sys {
+                match change {
+                    RetainChange::Stored => self.store(StoreOp::PutRetained(message.to_stored())),
+                    RetainChange::Cleared => self.store(StoreOp::DeleteRetained {
+                        topic: message.topic.clone(),
+                    }),
+                    RetainChange::Unchanged => {}
+                }
+            }
         }
         // The matches are copied into a reused vector so that delivering (which needs
         // `&mut self`) can walk them; nothing is allocated once it is warm.
@@ -913,15 +1438,28 @@ impl Broker {
                     message: Arc::clone(message),
                     qos,
                     retain: false,
+                    seq: 0,
                 },
             );
+            if qos != QoS::AtMostOnce && self.congested.is_none() && self.is_congested(key) {
+                self.congested = Some(key);
+            }
         }
         self.route_buf = targets;
     }
 
     /// Sends a message to a session now if its connection and window allow, else queues it
     /// (offline QoS 0 only if configured).
-    fn deliver(&mut self, key: SessionKey, delivery: Delivery) {
+    fn deliver(&mut self, key: SessionKey, mut delivery: Delivery) {
+        let persisting = self.persisting();
+        let Some(session) = self.sessions.get_mut(key.0) else {
+            return;
+        };
+        if persisting && session.persistent && delivery.qos != QoS::AtMostOnce {
+            delivery.seq = session.next_seq;
+            session.next_seq += 1;
+            self.ref_message(&delivery.message);
+        }
         let Some(session) = self.sessions.get_mut(key.0) else {
             return;
         };
@@ -950,12 +1488,24 @@ impl Broker {
         let Some(session) = self.sessions.get_mut(key.0) else {
             return;
         };
+        let stored = (delivery.seq != 0).then(|| delivery.clone());
         let outcome = session.enqueue(
             delivery,
             self.config.max_queued_messages,
             self.config.max_queued_bytes,
             self.config.overflow_policy == OverflowPolicy::DropOldestQoS0First,
         );
+        if let Some(d) = stored {
+            // Only QoS 0 messages are ever displaced, and those are not stored.
+            if outcome == Enqueued::Dropped {
+                self.unref_message(d.message.id);
+            } else {
+                self.store_delivery(key, &d, DeliveryState::Queued);
+            }
+        }
+        let Some(session) = self.sessions.get_mut(key.0) else {
+            return;
+        };
         if outcome != Enqueued::Yes {
             self.stats.dropped += 1;
             // One event per doubling of the total: a flood of drops must not become a flood
@@ -986,9 +1536,15 @@ impl Broker {
                 state: InflightState::AwaitingAck,
                 sent_at: self.now,
             });
+            self.store_delivery(key, &delivery, DeliveryState::AwaitingAck(id));
             Some(id)
         };
         self.send_publish(conn, &delivery, packet_id, false);
+        if delivery.seq != 0 && delivery.qos == QoS::ExactlyOnce && self.durable() {
+            // Written only once its packet identifier is on disk: a copy sent, then forgotten
+            // in a crash, would be delivered again under a new identifier.
+            self.hold(conn);
+        }
         if packet_id.is_some() && self.config.retry_interval.is_some() {
             self.schedule(conn);
         }
@@ -1023,8 +1579,97 @@ impl Broker {
         }
     }
 
+    // ---- internals: publisher flow control ----------------------------------------------
+
+    /// A connected session whose queue is over the high-water mark (half the limit), and
+    /// that has not already held acknowledgements for too long.
+    fn is_congested(&self, key: SessionKey) -> bool {
+        if !self.config.publisher_flow_control {
+            return false;
+        }
+        self.sessions.get(key.0).is_some_and(|s| {
+            s.conn.is_some()
+                && !s.hold_expired
+                && s.queue.len() > self.config.max_queued_messages / 2
+        })
+    }
+
+    /// Acknowledges a QoS 1/2 PUBLISH: now (or after the store's commit), or, when the message
+    /// went to a congested session, once that session's queue drains.
+    fn ack_publish(&mut self, conn: ConnId, packet: Packet) {
+        let Some(key) = self.congested.take() else {
+            self.send_ack(conn, packet);
+            return;
+        };
+        let now = self.now;
+        let deadline = now + self.config.max_ack_hold;
+        let Some(session) = self.sessions.get_mut(key.0) else {
+            self.send_ack(conn, packet);
+            return;
+        };
+        session.held_acks.push((conn, packet));
+        if session.hold_since.is_none() {
+            session.hold_since = Some(now);
+            self.timers.push(Reverse((deadline, Timer::AckHold(key))));
+        }
+    }
+
+    /// Sends the acknowledgements a session held.
+    fn release_held_acks(&mut self, key: SessionKey) {
+        let Some(session) = self.sessions.get_mut(key.0) else {
+            return;
+        };
+        session.hold_since = None;
+        let held = core::mem::take(&mut session.held_acks);
+        for (conn, packet) in held {
+            self.send_ack(conn, packet);
+        }
+    }
+
+    /// `max_ack_hold` passed: the acknowledgements go out, and the session's queue falls back
+    /// to the overflow policy until it drains.
+    fn ack_hold_expired(&mut self, key: SessionKey) {
+        let now = self.now;
+        let max = self.config.max_ack_hold;
+        let Some(session) = self.sessions.get_mut(key.0) else {
+            return;
+        };
+        if session.hold_since.is_some_and(|since| since + max <= now) {
+            session.hold_expired = true;
+            self.release_held_acks(key);
+        }
+    }
+
+    /// After a session's queue shrank (or the session went offline): ends its hold once the
+    /// queue is under the low-water mark (a quarter of the limit).
+    fn check_ack_hold(&mut self, key: SessionKey) {
+        let low = self.config.max_queued_messages / 4;
+        let Some(session) = self.sessions.get_mut(key.0) else {
+            return;
+        };
+        let drained = session.queue.len() <= low || session.conn.is_none();
+        if !drained {
+            return;
+        }
+        session.hold_expired = false;
+        if !session.held_acks.is_empty() {
+            self.release_held_acks(key);
+        }
+    }
+
     /// Moves queued messages to the connection while the window and the socket have room.
     fn drain_queue(&mut self, key: SessionKey) {
+        self.drain_queue_inner(key);
+        if self
+            .sessions
+            .get(key.0)
+            .is_some_and(|s| !s.held_acks.is_empty() || s.hold_expired)
+        {
+            self.check_ack_hold(key);
+        }
+    }
+
+    fn drain_queue_inner(&mut self, key: SessionKey) {
         loop {
             let Some(session) = self.sessions.get(key.0) else {
                 return;
@@ -1071,6 +1716,12 @@ impl Broker {
             f.sent_at = now;
             resend.push((f.id, f.state, f.delivery.clone()));
         }
+        // As when first sent (`transmit_delivery`, `handle_pubrec`): a stored QoS 2 PUBLISH or
+        // PUBREL goes out only once the state it reflects is on disk, which it may not be yet.
+        let hold = self.durable()
+            && resend
+                .iter()
+                .any(|(_, _, d)| d.seq != 0 && d.qos == QoS::ExactlyOnce);
         for (id, state, delivery) in resend {
             match state {
                 InflightState::AwaitingAck => self.send_publish(conn, &delivery, Some(id), true),
@@ -1078,6 +1729,9 @@ impl Broker {
                     self.send(conn, &Packet::PubRel(PubRel::success(id)));
                 }
             }
+        }
+        if hold {
+            self.hold(conn);
         }
     }
 
@@ -1124,6 +1778,7 @@ impl Broker {
                         qos: message.qos.min(granted),
                         // 3.1.1 [MQTT-3.3.1-8]
                         retain: true,
+                        seq: 0,
                     });
                 }
             }
@@ -1133,10 +1788,12 @@ impl Broker {
                 QoS::ExactlyOnce => SubAckReason::GrantedQoS2,
             });
         }
-        // 3.1.1 [MQTT-3.8.4-1] [MQTT-3.8.4-2] [MQTT-3.9.3-1]: one SUBACK, codes in order.
-        self.send(
+        self.store_session(key);
+        // 3.1.1 [MQTT-3.8.4-1] [MQTT-3.8.4-2] [MQTT-3.9.3-1]: one SUBACK, codes in order
+        // (once the subscriptions are committed, in durable mode).
+        self.send_ack(
             conn,
-            &Packet::SubAck(SubAck {
+            Packet::SubAck(SubAck {
                 packet_id: subscribe.packet_id,
                 properties: Properties::new(),
                 reasons,
@@ -1159,10 +1816,11 @@ impl Broker {
                 session.subscriptions.remove(filter);
             }
         }
+        self.store_session(key);
         // 3.1.1 [MQTT-3.10.4-4] [MQTT-3.10.4-5]: always answered, same identifier.
-        self.send(
+        self.send_ack(
             conn,
-            &Packet::UnsubAck(UnsubAck {
+            Packet::UnsubAck(UnsubAck {
                 packet_id: unsubscribe.packet_id,
                 properties: Properties::new(),
                 reasons: Vec::new(),
@@ -1182,7 +1840,9 @@ impl Broker {
             self.router.retained.len(),
         );
         for (topic, value) in topics {
+            let id = self.new_message_id();
             let message = Arc::new(Message {
+                id,
                 topic,
                 payload: Bytes::from(value.into_bytes()),
                 qos: QoS::AtMostOnce,
@@ -1192,4 +1852,8 @@ impl Broker {
             self.route(&message, true);
         }
     }
+}
+
+fn session_persistent(sessions: &Slab<Session>, key: SessionKey) -> bool {
+    sessions.get(key.0).is_some_and(|s| s.persistent)
 }

@@ -12,6 +12,14 @@ use super::session::{Message, SessionKey};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::topic::{Match, SubscriptionTrie, TopicFilter, TopicName};
 
+/// What [`Router::retain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetainChange {
+    Stored,
+    Cleared,
+    Unchanged,
+}
+
 #[derive(Debug)]
 pub(crate) struct Router {
     pub(crate) trie: SubscriptionTrie<SessionKey, SubscriptionOptions>,
@@ -70,13 +78,19 @@ impl Router {
     }
 
     /// Stores, replaces or (with an empty payload) clears the retained message of a topic
-    /// ([MQTT-3.3.1-5], [MQTT-3.3.1-7], [MQTT-3.3.1-10], [MQTT-3.3.1-11]).
-    pub(crate) fn retain(&mut self, message: &Arc<Message>, max: usize) {
+    /// ([MQTT-3.3.1-5], [MQTT-3.3.1-7], [MQTT-3.3.1-10], [MQTT-3.3.1-11]). Says what changed.
+    pub(crate) fn retain(&mut self, message: &Arc<Message>, max: usize) -> RetainChange {
         if message.payload.is_empty() {
-            self.retained.remove(&message.topic);
+            match self.retained.remove(&message.topic) {
+                Some(_) => RetainChange::Cleared,
+                None => RetainChange::Unchanged,
+            }
         } else if self.retained.len() < max || self.retained.contains_key(&message.topic) {
             self.retained
                 .insert(message.topic.clone(), Arc::clone(message));
+            RetainChange::Stored
+        } else {
+            RetainChange::Unchanged
         }
     }
 

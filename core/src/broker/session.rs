@@ -6,6 +6,7 @@
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use bytes::Bytes;
 
 use super::ConnId;
@@ -18,10 +19,33 @@ use crate::topic::{TopicFilter, TopicName};
 /// by every queue and in-flight entry it is routed to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Message {
+    /// Number for the store (unique for the broker's and its store's lifetime).
+    pub(crate) id: u64,
     pub(crate) topic: TopicName,
     pub(crate) payload: Bytes,
     pub(crate) qos: QoS,
     pub(crate) properties: Properties,
+}
+
+impl Message {
+    pub(crate) fn from_stored(id: u64, m: crate::store::StoredMessage) -> Self {
+        Self {
+            id,
+            topic: m.topic,
+            payload: m.payload,
+            qos: m.qos,
+            properties: m.properties,
+        }
+    }
+
+    pub(crate) fn to_stored(&self) -> crate::store::StoredMessage {
+        crate::store::StoredMessage {
+            topic: self.topic.clone(),
+            qos: self.qos,
+            properties: self.properties.clone(),
+            payload: self.payload.clone(),
+        }
+    }
 }
 
 /// A message on its way to one session, at the QoS it will be delivered with.
@@ -30,6 +54,9 @@ pub(crate) struct Delivery {
     pub(crate) message: Arc<Message>,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
+    /// Position in the session's stored outgoing order; 0 when not stored (clean session,
+    /// QoS 0, or persistence off).
+    pub(crate) seq: u64,
 }
 
 /// Where an outgoing QoS 1/2 message stands.
@@ -70,9 +97,17 @@ pub(crate) struct Session {
     /// QoS 2 packet identifiers received (PUBREC sent) whose PUBREL has not arrived.
     pub(crate) awaiting_release: BTreeSet<PacketId>,
     next_id: PacketId,
+    /// Next [`Delivery::seq`] (starts at 1).
+    pub(crate) next_seq: u64,
     pub(crate) dropped: u64,
     /// Drops already reported in an event; see `Broker::enqueue`.
     pub(crate) dropped_reported: u64,
+    /// Publisher flow control: acknowledgements held until this session's queue drains.
+    pub(crate) held_acks: Vec<(ConnId, crate::codec::Packet)>,
+    /// When the first of `held_acks` was held.
+    pub(crate) hold_since: Option<Instant>,
+    /// Held acknowledgements longer than allowed: holds none until the queue drains.
+    pub(crate) hold_expired: bool,
 }
 
 /// Outcome of offering a message to a full queue.
@@ -98,8 +133,12 @@ impl Session {
             queued_qos0: 0,
             awaiting_release: BTreeSet::new(),
             next_id: PacketId::MIN,
+            next_seq: 1,
             dropped: 0,
             dropped_reported: 0,
+            held_acks: Vec::new(),
+            hold_since: None,
+            hold_expired: false,
         }
     }
 

@@ -11,8 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_lite::future;
 use surgemq_core::broker::{
-    AuthVerdict, Authenticator, Broker, BrokerConfig, ConnId, DisconnectCause, Event, Input, Output,
+    AuthVerdict, Authenticator, Broker, BrokerConfig, ConnId, DisconnectCause, Event, Input,
+    Output, StoreFailure,
 };
+use surgemq_core::store::{StoreOp, StoreSetup, StoreSink};
 use surgemq_core::string::MqttString;
 use surgemq_core::time::Instant;
 
@@ -97,23 +99,48 @@ impl Clock {
 /// The future ends once `shutdown` fires, after [`Broker::shutdown`] and after handing every
 /// connection its last bytes and a close. `authenticator` answers
 /// [`Output::Authenticate`] on the runtime's blocking pool; without one every client is
-/// accepted by it.
+/// accepted by it. With a `store`, the broker is restored from its content first and every
+/// [`Output::Store`] goes to its committer (closed, with a last commit, when the task ends).
 pub fn broker_task<R: Runtime>(
     runtime: R,
     config: BrokerConfig,
     authenticator: Option<Arc<dyn Authenticator>>,
+    store: Option<StoreSetup>,
     shutdown: &ShutdownHandle,
 ) -> (BrokerHandle, impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = async_channel::bounded(HUB_CHANNEL);
+    // Unbounded so that the store's thread never blocks on the broker task (which waits for
+    // that thread when it closes the store); one report per commit.
+    let (store_done_tx, store_done) = async_channel::unbounded();
     let clock = Clock::start();
+    let mut broker = Broker::new(config, clock.now());
+    let store = store.map(|setup| {
+        let report = broker.restore(setup.snapshot);
+        tracing::info!(
+            sessions = report.sessions,
+            subscriptions = report.subscriptions,
+            messages = report.deliveries,
+            retained = report.retained,
+            discarded = report.discarded,
+            "restored from the store"
+        );
+        let done_tx = store_done_tx.clone();
+        (setup.start)(Box::new(move |seq, result| {
+            let _ = done_tx.try_send((seq, result));
+        }))
+    });
     let hub = Hub {
-        broker: Broker::new(config, clock.now()),
+        broker,
         clock,
         runtime,
         rx,
         tx: tx.clone(),
         authenticator,
         writers: HashMap::new(),
+        store,
+        store_batch: Vec::new(),
+        store_done,
+        _store_done_tx: store_done_tx,
     };
     (BrokerHandle { tx }, hub.run(shutdown.clone()))
 }
@@ -127,12 +154,24 @@ struct Hub<R> {
     tx: async_channel::Sender<ToHub>,
     authenticator: Option<Arc<dyn Authenticator>>,
     writers: HashMap<ConnId, ConnWriter>,
+    /// The store's committer, when persistence is on.
+    store: Option<Box<dyn StoreSink>>,
+    /// Store operations drained in this dispatch round (one atomic group or more).
+    store_batch: Vec<(u64, StoreOp)>,
+    /// Commit reports from the store's thread.
+    store_done: async_channel::Receiver<StoreDone>,
+    /// Keeps `store_done` open when there is no store.
+    _store_done_tx: async_channel::Sender<StoreDone>,
 }
+
+/// A commit report: every operation up to `.0` committed, or not.
+type StoreDone = (u64, Result<(), StoreFailure>);
 
 /// What woke the broker task.
 enum Wake {
     Shutdown,
     Message(ToHub),
+    StoreDone(StoreDone),
     Timer,
 }
 
@@ -162,8 +201,14 @@ impl<R: Runtime> Hub<R> {
                 shutdown.wait().await;
                 Wake::Shutdown
             };
-            // Biased in this order: shutdown first, then input, then timers.
-            let wake = future::or(stop, future::or(message, sleep)).await;
+            let store_done = async {
+                match self.store_done.recv().await {
+                    Ok(done) => Wake::StoreDone(done),
+                    Err(_) => future::pending().await,
+                }
+            };
+            // Biased in this order: shutdown first, then commits, then input, then timers.
+            let wake = future::or(stop, future::or(store_done, future::or(message, sleep))).await;
             match wake {
                 Wake::Shutdown => break,
                 Wake::Message(msg) => {
@@ -175,6 +220,12 @@ impl<R: Runtime> Hub<R> {
                         }
                     }
                 }
+                Wake::StoreDone((seq, result)) => {
+                    let now = self.clock.now();
+                    let _ = self
+                        .broker
+                        .handle_input(now, Input::StoreDone { seq, result });
+                }
                 Wake::Timer => {
                     let now = self.clock.now();
                     let _ = self.broker.handle_input(now, Input::Timeout);
@@ -183,6 +234,10 @@ impl<R: Runtime> Hub<R> {
         }
         self.broker.shutdown(self.clock.now());
         self.dispatch();
+        if let Some(store) = self.store.take() {
+            // The last commit: everything emitted is on disk before the task ends.
+            store.close();
+        }
         // Remaining writers get Close after their last bytes.
         for (_, writer) in self.writers.drain() {
             let _ = writer.tx.try_send(ToConn::Close);
@@ -264,7 +319,15 @@ impl<R: Runtime> Hub<R> {
                         }
                     }
                 }
+                Output::Store { seq, op } => self.store_batch.push((seq, op)),
                 Output::Event(event) => log_event(&event),
+            }
+        }
+        if !self.store_batch.is_empty() {
+            let batch = std::mem::take(&mut self.store_batch);
+            match self.store.as_mut() {
+                Some(store) => store.submit(batch),
+                None => tracing::error!("the broker emitted store operations but has no store"),
             }
         }
     }
@@ -305,6 +368,16 @@ fn log_event(event: &Event) {
         Event::MessagesDropped { client_id, total } => {
             tracing::warn!(%client_id, total, "queue full, messages dropped")
         }
+        Event::StoreFailed {
+            seq,
+            error,
+            withheld,
+        } => tracing::error!(
+            seq,
+            %error,
+            withheld,
+            "store commit failed: acknowledgements withheld, their clients disconnected to retry"
+        ),
         other => tracing::debug!(?other, "broker event"),
     }
 }

@@ -11,6 +11,7 @@ use futures_lite::future;
 use futures_rustls::TlsAcceptor;
 use futures_rustls::rustls::ServerConfig as TlsConfig;
 use surgemq_core::broker::{Authenticator, BrokerConfig};
+use surgemq_core::store::StoreSetup;
 
 use super::{BrokerHandle, ShutdownHandle, TcpRuntime, broker_task, serve_connection};
 
@@ -76,6 +77,7 @@ pub struct Server<R> {
     listeners: Vec<Listener>,
     authenticator: Option<Arc<dyn Authenticator>>,
     tls_handshake_timeout: Duration,
+    store: Option<StoreSetup>,
 }
 
 impl<R: TcpRuntime + Default> Server<R> {
@@ -94,7 +96,18 @@ impl<R: TcpRuntime> Server<R> {
             listeners,
             authenticator: None,
             tls_handshake_timeout: Duration::from_secs(10),
+            store: None,
         }
+    }
+
+    /// Persistence: restores the broker from the store's content at start, and hands the
+    /// store every operation the broker emits (set
+    /// [`BrokerConfig::persistence`](surgemq_core::broker::BrokerConfig::persistence) to
+    /// `Durable` or `Periodic` to match).
+    #[must_use]
+    pub fn with_store(mut self, store: StoreSetup) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Checks credentials when the config's auth mode is `External`.
@@ -128,6 +141,7 @@ impl<R: TcpRuntime> Server<R> {
             listeners: bound,
             authenticator: self.authenticator,
             tls_handshake_timeout: self.tls_handshake_timeout,
+            store: self.store,
             shutdown: ShutdownHandle::new(),
         })
     }
@@ -155,6 +169,7 @@ pub struct BoundServer<R: TcpRuntime> {
     listeners: Vec<(R::TcpListener, Option<TlsListener>)>,
     authenticator: Option<Arc<dyn Authenticator>>,
     tls_handshake_timeout: Duration,
+    store: Option<StoreSetup>,
     shutdown: ShutdownHandle,
 }
 
@@ -179,6 +194,7 @@ impl<R: TcpRuntime> BoundServer<R> {
             self.runtime.clone(),
             self.config,
             self.authenticator,
+            self.store,
             &self.shutdown,
         );
         // Every accept loop and connection task holds a clone; `recv` fails once all are gone.

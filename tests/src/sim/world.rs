@@ -617,6 +617,12 @@ impl World {
                         format!("broker asked to authenticate under AllowAll: {request:?}"),
                     );
                 }
+                Output::Store { seq, .. } => {
+                    self.v.push(
+                        now,
+                        format!("broker emitted store operation {seq} with persistence off"),
+                    );
+                }
             }
         }
         (closes, ends)
