@@ -402,6 +402,24 @@ impl Proc {
         }
     }
 
+    /// SIGTERM (by `kill -TERM PID`; this crate has no `unsafe` for `libc::kill`). Does not
+    /// wait: see [`Proc::wait_exit`].
+    pub fn terminate(&self) {
+        let mut child = self.child();
+        // Not reaped yet, so the id is still this process's.
+        if matches!(child.try_wait(), Ok(None)) {
+            let pid = child.id().to_string();
+            let sent = Command::new("kill")
+                .args(["-TERM", &pid])
+                .stdin(Stdio::null())
+                .status();
+            assert!(
+                sent.is_ok_and(|status| status.success()),
+                "kill -TERM {pid} failed"
+            );
+        }
+    }
+
     /// SIGKILL (on Unix), and reaps it.
     pub fn kill(&self) {
         let mut child = self.child();
@@ -478,19 +496,62 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 // ---------------------------------------------------------------------------------------------
 // The broker process.
 
+/// Starts `surgemq ARGS --data-dir DATA -v` and waits until it has bound its listeners;
+/// returns it with its ports, or the process if it exited first.
+fn launch(runtime: Runtime, args: &[String], data: &Path) -> Result<(Proc, Vec<u16>), Proc> {
+    let mut command = Command::new(runtime.broker_binary());
+    command.args(args).arg("--data-dir").arg(data).arg("-v");
+    let process = Proc::spawn(&format!("surgemq ({runtime})"), &mut command);
+    // The start-up log names every bound address, then who may connect.
+    if !process.wait_for_stderr(|log| log.contains(" auth: "), PROCESS_BOUND) {
+        process.kill();
+        return Err(process);
+    }
+    let ports = process
+        .stderr()
+        .lines()
+        .filter_map(|line| line.split_once("listening on ")?.1.split_once(' '))
+        .filter_map(|(address, _)| address.parse::<SocketAddr>().ok())
+        .map(|address| address.port())
+        .collect::<Vec<_>>();
+    assert!(!ports.is_empty(), "no listener in\n{}", process.describe());
+    Ok((process, ports))
+}
+
 /// A running `surgemq`, its log (stderr, at debug level) collected; killed when dropped.
+///
+/// Each broker has its own data directory (durable persistence, the default), removed with
+/// it. It can be stopped ([`Broker::kill9`], [`Broker::stop`]) and started again on the same
+/// data directory ([`Broker::restart`]) — on the same port when it was started with `-p`.
 pub struct Broker {
     runtime: Runtime,
     process: Proc,
     ports: Vec<u16>,
-    /// The broker's own data directory (durable persistence, the default), removed with it.
-    _data: tempfile::TempDir,
+    /// The arguments it runs with (before `--data-dir` and `-v`); `-p 0` is replaced by the
+    /// port it got, so that a restart binds the same one.
+    args: Vec<String>,
+    data: tempfile::TempDir,
+    /// The logs of the runs before the current one, for failure messages.
+    earlier_logs: String,
+    /// Runs whose log is in `earlier_logs`.
+    earlier_runs: usize,
+    restarts: usize,
+    /// Restart attempts that found the port still taken.
+    rebind_retries: usize,
 }
+
+/// How long a restart keeps trying to bind a port that is still taken.
+const REBIND_BOUND: Duration = Duration::from_secs(10);
 
 impl Broker {
     /// `surgemq -p 0`: one plain listener on a free 127.0.0.1 port, default settings.
     pub fn plain(runtime: Runtime) -> Self {
         Self::start(runtime, &["-p", "0"])
+    }
+
+    /// `surgemq -p 0 EXTRA...` (e.g. `--persistence memory`).
+    pub fn plain_with(runtime: Runtime, extra: &[&str]) -> Self {
+        Self::start(runtime, &[&["-p", "0"][..], extra].concat())
     }
 
     /// `surgemq -c dir/surgemq.toml` with `config` (listeners should bind `127.0.0.1:0`).
@@ -502,35 +563,148 @@ impl Broker {
 
     fn start(runtime: Runtime, args: &[&str]) -> Self {
         let data = temp_dir();
-        let mut command = Command::new(runtime.broker_binary());
-        command
-            .args(args)
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("-v");
-        let process = Proc::spawn(&format!("surgemq ({runtime})"), &mut command);
-        // The start-up log names every bound address, then who may connect.
-        if !process.wait_for_stderr(|log| log.contains(" auth: "), PROCESS_BOUND) {
-            process.kill();
-            panic!(
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (process, ports) = match launch(runtime, &args, data.path()) {
+            Ok(started) => started,
+            Err(process) => panic!(
                 "surgemq ({runtime}) {args:?} did not start\n{}",
                 process.describe()
-            );
+            ),
+        };
+        // A restart binds the same port.
+        if let Some(at) = args.iter().position(|a| a == "-p")
+            && let Some(port) = args.get_mut(at + 1)
+        {
+            *port = ports[0].to_string();
         }
-        let ports = process
-            .stderr()
-            .lines()
-            .filter_map(|line| line.split_once("listening on ")?.1.split_once(' '))
-            .filter_map(|(address, _)| address.parse::<SocketAddr>().ok())
-            .map(|address| address.port())
-            .collect::<Vec<_>>();
-        assert!(!ports.is_empty(), "no listener in\n{}", process.describe());
         Self {
             runtime,
             process,
             ports,
-            _data: data,
+            args,
+            data,
+            earlier_logs: String::new(),
+            earlier_runs: 0,
+            restarts: 0,
+            rebind_retries: 0,
         }
+    }
+
+    /// The broker's data directory (`--data-dir`).
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// How many times [`Broker::restart`] started it again.
+    pub fn restarts(&self) -> usize {
+        self.restarts
+    }
+
+    /// How many restart attempts found the port still taken (and were retried).
+    pub fn rebind_retries(&self) -> usize {
+        self.rebind_retries
+    }
+
+    /// SIGKILL: the broker dies at once, with no chance to write anything more (reaped before
+    /// this returns).
+    pub fn kill9(&self) {
+        self.process.kill();
+    }
+
+    /// SIGTERM, then waits for the graceful shutdown (at most [`PROCESS_BOUND`]); fails unless
+    /// it exits with status 0.
+    pub fn stop(&self) {
+        self.process.terminate();
+        match self.process.wait_exit(PROCESS_BOUND) {
+            Some(status) if status.success() => {}
+            Some(status) => self.fail(&format!("exited with {status} after SIGTERM")),
+            None => {
+                self.process.kill();
+                self.fail(&format!("still running {PROCESS_BOUND:?} after SIGTERM"));
+            }
+        }
+    }
+
+    /// Starts the broker again, after [`Broker::kill9`] or [`Broker::stop`], with the same
+    /// arguments and data directory: on the same port when it was started with `-p`. A port
+    /// still taken right after the kill (the listener has `SO_REUSEADDR`, but a client's
+    /// outgoing connection may hold the number for a moment) is retried for at most
+    /// [`REBIND_BOUND`].
+    pub fn restart(&mut self) {
+        if !self.process.exited() {
+            self.fail("restart() while the broker still runs: kill9() or stop() it first");
+        }
+        let deadline = Instant::now() + REBIND_BOUND;
+        loop {
+            match launch(self.runtime, &self.args, self.data.path()) {
+                Ok((process, ports)) => {
+                    self.retire(process);
+                    if self.args.iter().any(|a| a == "-p") && ports != self.ports {
+                        self.fail(&format!(
+                            "restarted on {ports:?} instead of {:?}",
+                            self.ports
+                        ));
+                    }
+                    self.ports = ports;
+                    self.restarts += 1;
+                    return;
+                }
+                Err(process) => {
+                    let log = process.stderr();
+                    let taken = log.contains("cannot listen on") && log.contains("in use");
+                    self.retire(process);
+                    if !taken || Instant::now() >= deadline {
+                        self.fail("did not start again");
+                    }
+                    self.rebind_retries += 1;
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// [`Broker::kill9`] then [`Broker::restart`].
+    pub fn kill9_and_restart(&mut self) {
+        self.kill9();
+        self.restart();
+    }
+
+    /// Makes `process` the current run, keeping the log of the one it replaces.
+    fn retire(&mut self, process: Proc) {
+        let old = std::mem::replace(&mut self.process, process);
+        old.kill();
+        self.earlier_runs += 1;
+        let run = self.earlier_runs;
+        let status = old
+            .exit_status()
+            .map_or_else(|| "running".to_owned(), |s| s.to_string());
+        self.earlier_logs
+            .push_str(&format!("--- run {run} ({status}):\n{}", old.stderr()));
+    }
+
+    /// Starts another `surgemq` with this broker's arguments and data directory, which must
+    /// refuse to start (this one stopped first), and returns how it ended. Fails if it starts.
+    pub fn start_refused(&self) -> Finished {
+        if !self.process.exited() {
+            self.fail("start_refused() while the broker still runs");
+        }
+        match launch(self.runtime, &self.args, self.data.path()) {
+            Ok((process, _)) => {
+                process.kill();
+                self.fail(&format!("it started:\n{}", process.describe()))
+            }
+            Err(process) => process.finish(),
+        }
+    }
+
+    /// `surgemq store ACTION --data-dir DIR` on this broker's data directory, run to its end.
+    pub fn store_command(&self, action: &str) -> Finished {
+        run(
+            &format!("surgemq store {action}"),
+            Command::new(self.runtime.broker_binary())
+                .args(["store", action, "--data-dir"])
+                .arg(self.data.path()),
+        )
     }
 
     /// The first listener's port.
@@ -543,9 +717,17 @@ impl Broker {
         &self.ports
     }
 
-    /// The log so far.
+    /// The log so far: earlier runs (before restarts) first.
     pub fn log(&self) -> String {
-        self.process.stderr()
+        if self.earlier_logs.is_empty() {
+            return self.process.stderr();
+        }
+        let run = self.earlier_runs + 1;
+        format!(
+            "{}--- run {run} (current):\n{}",
+            self.earlier_logs,
+            self.process.stderr()
+        )
     }
 
     /// Panics with `what` and the broker's log.
@@ -1208,6 +1390,282 @@ pub fn mosquitto_persistent_session_after_kill(runtime: Runtime) {
     broker.expect_success(&published, "mosquitto_pub");
     let back = mosquitto_sub(dir.path(), port, &[&PERSISTENT_SUB[..], &[id]].concat());
     broker.expect_line(&back, "1 persist/t sent after a crash");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios: persistence across broker restarts (durable mode, the default, unless stated).
+
+/// Publishes `payload` to `topic` at QoS 1 with `mosquitto_pub EXTRA`; in durable mode the
+/// PUBACK it waits for means the message is on disk.
+fn publish_qos1(broker: &Broker, dir: &Path, topic: &str, payload: &str, extra: &[&str]) {
+    let published = mosquitto_pub(
+        dir,
+        broker.port(),
+        &[extra, &["-q", "1", "-t", topic, "-m", payload]].concat(),
+    );
+    broker.expect_success(&published, &format!("mosquitto_pub {extra:?} -t {topic}"));
+}
+
+/// A new `mosquitto_sub` on `PREFIX/#` that gets its retained messages and then a probe: the
+/// retained messages it got, as `%r %t %p` lines, sorted.
+/// Retained messages come right after the SUBACK, so before the probe.
+fn retained_now(broker: &Broker, dir: &Path, prefix: &str) -> Vec<String> {
+    let sub = mosquitto_sub(
+        dir,
+        broker.port(),
+        &["-q", "1", "-t", &format!("{prefix}/#"), "-F", "%r %t %p"],
+    );
+    broker.await_subscribed(&sub, &format!("{prefix}/probe"), "probe");
+    let mut retained: Vec<String> = sub
+        .lines()
+        .into_iter()
+        .filter(|line| line.starts_with("1 "))
+        .collect();
+    retained.sort();
+    retained
+}
+
+/// 3.1.1 [MQTT-3.1.2-4] [MQTT-3.1.2-5] across broker restarts: `mosquitto_sub -c -i ID -q 1`
+/// subscribes and leaves; QoS 1 messages published while it is away — before a graceful
+/// restart (SIGTERM), between it and a kill -9 and restart, and after that — are all kept in
+/// its session and delivered, in order, when it comes back with the same id.
+pub fn mosquitto_session_survives_restart(runtime: Runtime) {
+    if !tools_present(&[Tool::MosquittoSub, Tool::MosquittoPub]) {
+        return;
+    }
+    let dir = temp_dir();
+    let mut broker = Broker::plain(runtime);
+    let sub_args = [
+        "-c",
+        "-i",
+        "e2e-away-restart",
+        "-q",
+        "1",
+        "-t",
+        "away/#",
+        "-F",
+        "%q %t %p",
+    ];
+    let first = mosquitto_sub(
+        dir.path(),
+        broker.port(),
+        &[&sub_args[..], &["-E"]].concat(),
+    );
+    let first = first.finish();
+    broker.expect_success(&first, "mosquitto_sub -c -E");
+
+    publish_qos1(&broker, dir.path(), "away/1", "before the restarts", &[]);
+    broker.stop();
+    broker.restart();
+    publish_qos1(
+        &broker,
+        dir.path(),
+        "away/2",
+        "after a graceful restart",
+        &[],
+    );
+    broker.kill9_and_restart();
+    publish_qos1(&broker, dir.path(), "away/3", "after kill -9", &[]);
+
+    let back = mosquitto_sub(
+        dir.path(),
+        broker.port(),
+        &[&sub_args[..], &["-C", "3", "-W", "10"]].concat(),
+    );
+    let back = back.finish();
+    let expected = "1 away/1 before the restarts\n\
+        1 away/2 after a graceful restart\n\
+        1 away/3 after kill -9";
+    if back.stdout != expected {
+        broker.fail(&format!(
+            "the returning session got\n{}\nexpected\n{expected}\n({back:?})",
+            back.stdout
+        ));
+    }
+}
+
+/// 3.1.1 [MQTT-3.3.1-5]: retained messages are kept for future subscribers, also across
+/// kill -9 and restart; [MQTT-3.3.1-10] [MQTT-3.3.1-11]: one cleared (empty retained
+/// PUBLISH) stays cleared after the next kill -9 and restart.
+pub fn retained_survives_restart(runtime: Runtime) {
+    if !tools_present(&[Tool::MosquittoSub, Tool::MosquittoPub]) {
+        return;
+    }
+    let dir = temp_dir();
+    let mut broker = Broker::plain(runtime);
+    publish_qos1(&broker, dir.path(), "keep/a", "kept", &["-r"]);
+    publish_qos1(&broker, dir.path(), "keep/b", "cleared later", &["-r"]);
+
+    broker.kill9_and_restart();
+    let after_kill = retained_now(&broker, dir.path(), "keep");
+    if after_kill != ["1 keep/a kept", "1 keep/b cleared later"] {
+        broker.fail(&format!("retained after kill -9: {after_kill:?}"));
+    }
+
+    let clear = mosquitto_pub(
+        dir.path(),
+        broker.port(),
+        &["-r", "-n", "-q", "1", "-t", "keep/b"],
+    );
+    broker.expect_success(&clear, "mosquitto_pub -r -n");
+    broker.kill9_and_restart();
+    let after_clear = retained_now(&broker, dir.path(), "keep");
+    if after_clear != ["1 keep/a kept"] {
+        broker.fail(&format!(
+            "retained after clearing keep/b, kill -9: {after_clear:?}"
+        ));
+    }
+}
+
+/// A damaged store file (garbage over its first bytes; then, after a repair, a file cut in
+/// half) is refused: `surgemq` exits with status 1 at once (no panic, no crash loop), naming
+/// the file and `surgemq store repair`; `surgemq store check` exits 1; `surgemq store
+/// repair` exits 0 and moves the file aside as `surgemq.redb.damaged-*`; then `surgemq`
+/// starts and serves.
+pub fn damaged_store_is_refused_with_advice(runtime: Runtime) {
+    if !tools_present(&[Tool::MosquittoSub, Tool::MosquittoPub]) {
+        return;
+    }
+    let dir = temp_dir();
+    let mut broker = Broker::plain(runtime);
+    let file = broker.data_dir().join("surgemq.redb");
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 2] = [
+        ("garbage over its first 4 KiB", |bytes| {
+            let garbage = b"this is not a redb file. ";
+            let end = bytes.len().min(4096);
+            for (i, byte) in bytes[..end].iter_mut().enumerate() {
+                *byte = garbage[i % garbage.len()];
+            }
+        }),
+        ("cut in half", |bytes| bytes.truncate(bytes.len() / 2)),
+    ];
+    for (round, (damage, apply)) in damages.into_iter().enumerate() {
+        // Something to keep, then a graceful stop: a healthy file, damaged below.
+        publish_qos1(&broker, dir.path(), "kept/r", "retained", &["-r"]);
+        broker.stop();
+        let mut bytes = std::fs::read(&file)
+            .unwrap_or_else(|e| broker.fail(&format!("{}: {e}", file.display())));
+        apply(&mut bytes);
+        std::fs::write(&file, &bytes).expect("cannot damage the store file");
+
+        let refused = broker.start_refused();
+        let stderr = &refused.stderr;
+        let named = stderr.contains(&file.display().to_string());
+        if refused.status.code() != Some(1)
+            || !named
+            || !stderr.contains("surgemq store repair")
+            || stderr.contains("panicked")
+        {
+            broker.fail(&format!(
+                "a store file {damage}: expected exit status 1 naming {} and \
+                 `surgemq store repair`, got {refused:?}",
+                file.display()
+            ));
+        }
+        let check = broker.store_command("check");
+        if check.status.code() != Some(1) {
+            broker.fail(&format!("store check of a file {damage}: {check:?}"));
+        }
+        let repair = broker.store_command("repair");
+        broker.expect_success(&repair, "surgemq store repair");
+        let aside = std::fs::read_dir(broker.data_dir())
+            .expect("read the data dir")
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("surgemq.redb.damaged-")
+            })
+            .count();
+        if aside != round + 1 {
+            broker.fail(&format!(
+                "after repairing a file {damage}: {aside} surgemq.redb.damaged-* files, \
+                 expected {}: {repair:?}",
+                round + 1
+            ));
+        }
+        let healthy = broker.store_command("check");
+        broker.expect_success(&healthy, "surgemq store check after the repair");
+
+        broker.restart();
+        broker.assert_alive();
+    }
+    // And it serves: a QoS 1 round trip.
+    let sub = mosquitto_sub(
+        dir.path(),
+        broker.port(),
+        &["-q", "1", "-t", "kept/#", "-F", "%t %p"],
+    );
+    broker.await_subscribed(&sub, "kept/probe", "probe");
+    publish_qos1(&broker, dir.path(), "kept/after", "repaired", &[]);
+    broker.expect_line(&sub, "kept/after repaired");
+}
+
+/// With `--persistence memory` nothing is kept: a retained message and a persistent
+/// session (with the QoS 1 message queued for it) are gone after a restart, even a graceful
+/// one, and the data directory stays empty.
+pub fn memory_mode_keeps_nothing(runtime: Runtime) {
+    if !tools_present(&[Tool::MosquittoSub, Tool::MosquittoPub]) {
+        return;
+    }
+    let dir = temp_dir();
+    let mut broker = Broker::plain_with(runtime, &["--persistence", "memory"]);
+    let sub_args = [
+        "-c",
+        "-i",
+        "e2e-memory-only",
+        "-q",
+        "1",
+        "-t",
+        "mem/away",
+        "-F",
+        "%q %t %p",
+    ];
+    let first = mosquitto_sub(
+        dir.path(),
+        broker.port(),
+        &[&sub_args[..], &["-E"]].concat(),
+    );
+    let first = first.finish();
+    broker.expect_success(&first, "mosquitto_sub -c -E");
+    publish_qos1(&broker, dir.path(), "mem/away", "queued in memory", &[]);
+    publish_qos1(&broker, dir.path(), "mem/r", "retained in memory", &["-r"]);
+    // It is kept while the broker runs.
+    if retained_now(&broker, dir.path(), "mem") != ["1 mem/r retained in memory"] {
+        broker.fail("the retained message is not there before the restart");
+    }
+
+    broker.stop();
+    broker.restart();
+    let retained = retained_now(&broker, dir.path(), "mem");
+    if !retained.is_empty() {
+        broker.fail(&format!(
+            "retained after a restart in memory mode: {retained:?}"
+        ));
+    }
+    // The session is gone: coming back gets nothing queued (it would come before the probe).
+    let back = mosquitto_sub(dir.path(), broker.port(), &sub_args);
+    broker.await_subscribed(&back, "mem/away", "probe");
+    if back
+        .lines()
+        .iter()
+        .any(|line| line.contains("queued in memory"))
+    {
+        broker.fail(&format!(
+            "a session survived a restart in memory mode\n{}",
+            back.describe()
+        ));
+    }
+    let files: Vec<_> = std::fs::read_dir(broker.data_dir())
+        .expect("read the data dir")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .collect();
+    if !files.is_empty() {
+        broker.fail(&format!("files in the data dir in memory mode: {files:?}"));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

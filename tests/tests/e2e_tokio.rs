@@ -142,3 +142,23 @@ fn tokio_bad_input_connect_byte_by_byte() {
 fn tokio_bad_input_connect_timeout() {
     bad_input_connect_timeout(RUNTIME);
 }
+
+#[test]
+fn tokio_mosquitto_session_survives_restart() {
+    mosquitto_session_survives_restart(RUNTIME);
+}
+
+#[test]
+fn tokio_retained_survives_restart() {
+    retained_survives_restart(RUNTIME);
+}
+
+#[test]
+fn tokio_damaged_store_is_refused_with_advice() {
+    damaged_store_is_refused_with_advice(RUNTIME);
+}
+
+#[test]
+fn tokio_memory_mode_keeps_nothing() {
+    memory_mode_keeps_nothing(RUNTIME);
+}
