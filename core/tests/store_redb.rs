@@ -911,3 +911,68 @@ fn pages_changed_from_outside_fail_their_checksums() {
     assert_eq!(std::fs::read(&repaired.moved_aside).unwrap(), bytes);
     assert!(reopen_and_load(dir.path()).is_empty());
 }
+
+/// After a failed commit the worker commits nothing until the broker's rewrite (starting with
+/// `StoreOp::Clear`) arrives, then commits it together with what came in between: operations
+/// that followed failed ones, committed alone, would leave a state the broker never had.
+#[test]
+fn after_a_failed_commit_nothing_is_committed_until_the_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let done: Arc<Mutex<Vec<StoreDone>>> = Arc::default();
+    let reports = Arc::clone(&done);
+    let worker = StoreWorker::spawn(store, CommitPolicy::Group, move |d| {
+        reports.lock().unwrap().push(d)
+    });
+    let wait_for = |n: usize| {
+        for _ in 0..1000 {
+            if done.lock().unwrap().len() >= n {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("no commit report");
+    };
+    let bad = StoredMessage {
+        // Session Expiry Interval is not allowed on PUBLISH: the transaction fails.
+        properties: Properties::new().with(Property::SessionExpiryInterval(5)),
+        ..message("t", QoS::AtLeastOnce, "p", Properties::new())
+    };
+    worker.submit_batch([
+        (1, StoreOp::PutSession(session("a", &[]))),
+        (
+            2,
+            StoreOp::PutMessage {
+                id: 1,
+                message: bad,
+            },
+        ),
+    ]);
+    wait_for(1);
+    assert!(done.lock().unwrap()[0].result.is_err());
+    // Emitted after the failed operations, before the broker heard of the failure.
+    worker.submit(3, StoreOp::PutSession(session("b", &[])));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        done.lock().unwrap().len(),
+        1,
+        "committed before the rewrite"
+    );
+    // The rewrite.
+    worker.submit_batch([
+        (4, StoreOp::Clear),
+        (5, StoreOp::PutSession(session("a", &[]))),
+        (6, StoreOp::PutSession(session("b", &[]))),
+    ]);
+    wait_for(2);
+    let second = done.lock().unwrap()[1].clone();
+    assert_eq!(second.seq, 6);
+    assert!(second.result.is_ok());
+    worker.close().unwrap();
+    let sessions: Vec<String> = reopen_and_load(dir.path())
+        .sessions
+        .iter()
+        .map(|s| s.client_id.as_str().to_owned())
+        .collect();
+    assert_eq!(sessions, ["a", "b"]);
+}

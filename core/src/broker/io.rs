@@ -50,7 +50,11 @@ pub enum Input {
         /// The last operation covered.
         seq: u64,
         /// Committed, or why not. On failure the broker withholds every acknowledgement that
-        /// depended on those operations and closes those connections so their clients retry.
+        /// depended on those operations, closes those connections so their clients retry, and
+        /// emits a rewrite of everything it keeps ([`StoreOp::Clear`] and puts). A store that
+        /// reported a failure must commit nothing more until that rewrite arrives, and then
+        /// commit it together with whatever came between (the Clear supersedes it): committed
+        /// alone, operations that followed failed ones leave a state the broker never had.
         result: Result<(), StoreFailure>,
     },
     /// The answer to an [`Output::Authenticate`].

@@ -1187,7 +1187,9 @@ impl Broker {
             self.end_connection(old, DisconnectCause::TakenOver, true);
         }
         // 3.1.1 [MQTT-3.1.2-6]: clean session discards any previous session.
+        let mut discarded_stored = false;
         if clean_start && let Some(&key) = self.by_client_id.get(&client_id) {
+            discarded_stored = self.sessions.get(key.0).is_some_and(|s| s.persistent);
             self.discard_session(key);
         }
         let (key, session_present) = match self.by_client_id.get(&client_id) {
@@ -1232,6 +1234,12 @@ impl Broker {
                 properties: Properties::new(),
             }),
         );
+        if discarded_stored && self.durable() {
+            // The CONNACK (and all after it) waits for the stored session's deletion to be
+            // committed: after a crash it must not come back ([MQTT-3.1.2-6]) with QoS 2
+            // identifiers that would swallow this client's new messages.
+            self.hold(conn);
+        }
         self.event(Event::Connected {
             conn,
             client_id,

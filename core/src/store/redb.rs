@@ -1930,6 +1930,11 @@ fn run(
     };
     let mut batch: Vec<(u64, StoreOp)> = Vec::new();
     let mut last = Ok(());
+    // After a failed commit nothing is committed until the broker's rewrite (which starts
+    // with `StoreOp::Clear`) arrives: what came after the failed operations, committed alone,
+    // would leave on disk a state the broker never had. It is then committed together with
+    // the rewrite, which supersedes it.
+    let mut failed = false;
     loop {
         let closing = {
             let mut pending = shared.lock();
@@ -1957,10 +1962,11 @@ fn run(
                     }
                 }
             }
-            core::mem::swap(&mut batch, &mut pending.ops);
+            batch.append(&mut pending.ops);
             pending.closing
         };
-        if let Some(&(seq, _)) = batch.last() {
+        let ready = !failed || batch.iter().any(|(_, op)| matches!(op, StoreOp::Clear));
+        if ready && let Some(&(seq, _)) = batch.last() {
             let count = batch.len() as u64;
             let keep = superseded(&batch);
             let ops = batch.iter().zip(&keep).filter(|(_, k)| **k);
@@ -1973,6 +1979,7 @@ fn run(
                 }
                 Err(e) => Err(e),
             };
+            failed = result.is_err();
             last = result.clone();
             on_done(StoreDone { seq, result });
             batch.clear();
