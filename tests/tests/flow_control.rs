@@ -241,3 +241,53 @@ fn only_the_congested_subscribers_messages_wait() {
     );
     assert_eq!(acks(&mut tb, publisher), [40]);
 }
+
+#[test]
+fn several_publishers_held_back_by_one_slow_subscriber_lose_nothing() {
+    // Three publishers with 3 messages in flight each: once the subscriber is congested (5
+    // queued) they can still add 9, which its queue takes (up to twice its limit of 8) instead
+    // of dropping them.
+    let (mut tb, sub, first) = setup(config());
+    let others = [
+        tb.connect("pub2", true, V311),
+        tb.connect("pub3", true, V311),
+    ];
+    let publishers = [first, others[0], others[1]];
+    let mut next = [1u16; 3];
+    let mut unacked: [std::collections::BTreeSet<u16>; 3] = Default::default();
+    let mut acknowledged = 0;
+    let mut received = std::collections::BTreeSet::new();
+    for step in 0..5_000 {
+        if acknowledged == 300 && received.len() == 300 {
+            break;
+        }
+        for (i, &publisher) in publishers.iter().enumerate() {
+            while unacked[i].len() < 3 && next[i] <= 100 {
+                let tag = [i as u8, next[i] as u8];
+                tb.send(
+                    publisher,
+                    &publish("t", &tag, QoS::AtLeastOnce, Some(next[i]), false),
+                );
+                unacked[i].insert(next[i]);
+                next[i] += 1;
+            }
+            for id in acks(&mut tb, publisher) {
+                unacked[i].remove(&id);
+                acknowledged += 1;
+            }
+        }
+        if step % 4 == 0 {
+            for p in tb.recv_publishes(sub) {
+                received.insert((p.payload[0], p.payload[1]));
+                tb.send(sub, &puback(p.packet_id.unwrap().get()));
+            }
+        }
+    }
+    assert_eq!(acknowledged, 300, "the publishers finished");
+    assert_eq!(received.len(), 300, "nothing lost");
+    assert!(
+        !tb.events()
+            .iter()
+            .any(|e| matches!(e, Event::MessagesDropped { .. }))
+    );
+}

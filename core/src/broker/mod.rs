@@ -1497,10 +1497,18 @@ impl Broker {
             return;
         };
         let stored = (delivery.seq != 0).then(|| delivery.clone());
+        // Publisher flow control: while a connected session holds publishers' acknowledgements,
+        // the QoS 1/2 messages those publishers still had in flight may take its queue up to
+        // twice its limits instead of being dropped (a publisher stops at its window).
+        let holding = self.config.publisher_flow_control
+            && delivery.qos != QoS::AtMostOnce
+            && session.conn.is_some()
+            && !session.hold_expired;
+        let stretch = if holding { 2 } else { 1 };
         let outcome = session.enqueue(
             delivery,
-            self.config.max_queued_messages,
-            self.config.max_queued_bytes,
+            self.config.max_queued_messages.saturating_mul(stretch),
+            self.config.max_queued_bytes.saturating_mul(stretch),
             self.config.overflow_policy == OverflowPolicy::DropOldestQoS0First,
         );
         if let Some(d) = stored {
