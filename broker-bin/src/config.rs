@@ -55,6 +55,8 @@ pub struct FileConfig {
     pub max_ack_hold: Option<ConfigDuration>,
     /// `BrokerConfig::queue_qos0_offline`.
     pub queue_qos0_offline: Option<bool>,
+    /// `BrokerConfig::session_expiry`; 0 or "off" keeps offline sessions forever.
+    pub session_expiry: Option<ConfigDuration>,
     /// `BrokerConfig::max_unflushed_bytes`.
     pub max_unflushed_bytes: Option<usize>,
     /// `BrokerConfig::max_subscriptions_per_client`.
@@ -321,6 +323,9 @@ fn broker_config(file: &FileConfig) -> Result<BrokerConfig, ConfigError> {
     if let Some(value) = file.queue_qos0_offline {
         config.queue_qos0_offline = value;
     }
+    if let Some(value) = file.session_expiry {
+        config.session_expiry = value.non_zero();
+    }
     if let Some(value) = file.max_unflushed_bytes {
         at_least("max_unflushed_bytes", value, 1)?;
         config.max_unflushed_bytes = value;
@@ -427,6 +432,7 @@ mod tests {
             publisher_flow_control = false
             max_ack_hold = "2s"
             queue_qos0_offline = true
+            session_expiry = "7d"
             max_unflushed_bytes = 2048
             max_subscriptions_per_client = 9
             max_retained_messages = 11
@@ -448,6 +454,7 @@ mod tests {
         assert!(!c.publisher_flow_control);
         assert_eq!(c.max_ack_hold, Duration::from_secs(2));
         assert!(c.queue_qos0_offline);
+        assert_eq!(c.session_expiry, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(c.max_unflushed_bytes, 2048);
         assert_eq!(c.max_subscriptions_per_client, 9);
         assert_eq!(c.max_retained_messages, 11);

@@ -18,7 +18,8 @@ impl ConfigDuration {
     }
 }
 
-/// Parses `"500ms"`, `"10s"`, `"2m"`, `"1h30m"`, `"1.5s"`, `"off"` or a bare number of seconds.
+/// Parses `"500ms"`, `"10s"`, `"2m"`, `"1h30m"`, `"7d"`, `"1.5s"`, `"off"` or a bare number of
+/// seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("off") {
@@ -49,6 +50,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" | "sec" => 1.0,
             "m" | "min" => 60.0,
             "h" => 3600.0,
+            "d" => 86_400.0,
             "" => {
                 return Err(format!(
                     "invalid duration {text:?}: missing unit after {number}"
@@ -56,7 +58,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             }
             other => {
                 return Err(format!(
-                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)"
+                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)"
                 ));
             }
         };

@@ -2899,3 +2899,69 @@ proptest! {
         run(&warmed_up(actions));
     }
 }
+
+// ---- session expiry ------------------------------------------------------------------------
+
+fn snapshot_sessions(tb: &TestBroker) -> Vec<String> {
+    tb.store()
+        .snapshot()
+        .sessions
+        .iter()
+        .map(|s| s.client_id.as_str().to_owned())
+        .collect()
+}
+
+#[test]
+fn an_offline_session_past_session_expiry_is_removed_from_memory_and_disk() {
+    let mut tb = TestBroker::new(BrokerConfig {
+        session_expiry: Some(Duration::from_secs(60)),
+        ..config(Persistence::Durable)
+    });
+    let away = persistent_sub(&mut tb, "away", &[("t", Q1)]);
+    tb.send(away, &disconnect());
+    let back = persistent_sub(&mut tb, "back", &[("t", Q1)]);
+    tb.send(back, &disconnect());
+    let publisher = tb.connect("pub", true, V311);
+    tb.send(publisher, &publish("t", b"m", Q1, Some(1), false));
+    assert_eq!(tb.recv(publisher), [puback(1)]);
+    assert_eq!(tb.store().snapshot().messages.len(), 1);
+    tb.advance(Duration::from_secs(30));
+    // "back" returns in time: its clock stops while it is connected.
+    let back = tb.connect("back", false, V311);
+    assert!(back.session_present);
+    tb.advance(Duration::from_secs(31));
+    assert!(
+        tb.events().iter().any(
+            |e| matches!(e, Event::SessionExpired { client_id } if client_id.as_str() == "away")
+        )
+    );
+    assert_eq!(tb.broker().queued_messages("away"), None);
+    assert_eq!(snapshot_sessions(&tb), ["back"]);
+    // The message "back" received is acknowledged: nothing is left on disk for "away" either.
+    for p in tb.recv_publishes(back) {
+        tb.send(back, &puback(p.packet_id.unwrap().get()));
+    }
+    assert!(tb.store().snapshot().messages.is_empty());
+    // "back" goes offline for longer than the expiry: gone too.
+    tb.send(back, &disconnect());
+    tb.advance(Duration::from_secs(61));
+    assert!(snapshot_sessions(&tb).is_empty());
+    let again = tb.connect("back", false, V311);
+    assert!(!again.session_present);
+}
+
+#[test]
+fn after_a_restart_session_expiry_counts_from_the_restore() {
+    let mut tb = TestBroker::new(BrokerConfig {
+        session_expiry: Some(Duration::from_secs(60)),
+        ..config(Persistence::Durable)
+    });
+    let away = persistent_sub(&mut tb, "away", &[("t", Q1)]);
+    tb.send(away, &disconnect());
+    tb.advance(Duration::from_secs(50));
+    tb.crash_and_restore();
+    tb.advance(Duration::from_secs(50));
+    assert_eq!(snapshot_sessions(&tb), ["away"]);
+    tb.advance(Duration::from_secs(11));
+    assert!(snapshot_sessions(&tb).is_empty());
+}

@@ -76,6 +76,11 @@ pub struct BrokerConfig {
     /// out and that subscriber's queue falls back to `overflow_policy` until it drains under a
     /// quarter. Bounds what a subscriber that stopped reading can do to publishers.
     pub max_ack_hold: Duration,
+    /// Persistent sessions offline this long are discarded with their queued messages, in
+    /// memory and in the store (Mosquitto's `persistent_client_expiration`; MQTT 3.x sessions
+    /// have no expiry of their own). `None` keeps them until a clean session replaces them.
+    /// After a restart the time counts from the restore.
+    pub session_expiry: Option<Duration>,
     /// Queue QoS 0 messages for offline persistent sessions (Mosquitto's `queue_qos0_messages`).
     pub queue_qos0_offline: bool,
     /// Bytes handed to a connection but not yet reported flushed, above which the broker stops
@@ -116,6 +121,7 @@ impl Default for BrokerConfig {
             overflow_policy: OverflowPolicy::DropOldestQoS0First,
             publisher_flow_control: true,
             max_ack_hold: Duration::from_secs(5),
+            session_expiry: None,
             queue_qos0_offline: false,
             max_unflushed_bytes: 1024 * 1024,
             retry_interval: None,

@@ -183,6 +183,13 @@ pub enum Event {
         /// Acknowledgements withheld.
         withheld: usize,
     },
+    /// A persistent session stayed offline longer than
+    /// [`BrokerConfig::session_expiry`](super::BrokerConfig::session_expiry) and was
+    /// discarded.
+    SessionExpired {
+        /// Its client identifier.
+        client_id: MqttString,
+    },
     /// Messages for a session were dropped because its queue was full. Reported at the first
     /// drop and then each time the session's total doubles (the `$SYS` counter
     /// `messages/dropped` counts every one).

@@ -103,6 +103,8 @@ enum Timer {
     Conn(ConnId),
     /// A session's held acknowledgements reach `max_ack_hold`.
     AckHold(SessionKey),
+    /// An offline persistent session may reach `session_expiry`.
+    SessionExpiry(SessionKey),
 }
 
 /// The MQTT broker state machine. See the [module docs](self).
@@ -276,6 +278,10 @@ impl Broker {
                     .insert(Session::new(stored.client_id.clone(), true)),
             );
             self.by_client_id.insert(stored.client_id, key);
+            if let Some(session) = self.sessions.get_mut(key.0) {
+                session.offline_since = Some(self.now);
+            }
+            self.schedule_session_expiry(key);
             report.sessions += 1;
             for (filter, options) in stored.subscriptions {
                 self.router.subscribe(key, &filter, options);
@@ -845,6 +851,7 @@ impl Broker {
                 }
                 Timer::Conn(conn) => self.connection_timer(conn, at),
                 Timer::AckHold(key) => self.ack_hold_expired(key),
+                Timer::SessionExpiry(key) => self.session_expiry_due(key),
             }
         }
     }
@@ -998,10 +1005,43 @@ impl Broker {
             return;
         }
         session.conn = None;
+        session.offline_since = Some(self.now);
         // Offline sessions hold no publisher back.
         self.check_ack_hold(key);
+        self.schedule_session_expiry(key);
         if !session_persistent(&self.sessions, key) {
             self.discard_session(key);
+        }
+    }
+
+    fn schedule_session_expiry(&mut self, key: SessionKey) {
+        let Some(expiry) = self.config.session_expiry else {
+            return;
+        };
+        let Some(since) = self.sessions.get(key.0).and_then(|s| s.offline_since) else {
+            return;
+        };
+        self.timers
+            .push(Reverse((since + expiry, Timer::SessionExpiry(key))));
+    }
+
+    fn session_expiry_due(&mut self, key: SessionKey) {
+        let Some(expiry) = self.config.session_expiry else {
+            return;
+        };
+        let now = self.now;
+        let Some(session) = self.sessions.get(key.0) else {
+            return;
+        };
+        let due = session.conn.is_none()
+            && session.persistent
+            && session
+                .offline_since
+                .is_some_and(|since| since + expiry <= now);
+        if due {
+            let client_id = session.client_id.clone();
+            self.discard_session(key);
+            self.event(Event::SessionExpired { client_id });
         }
     }
 
@@ -1208,6 +1248,7 @@ impl Broker {
         };
         if let Some(session) = self.sessions.get_mut(key.0) {
             session.conn = Some(conn);
+            session.offline_since = None;
         }
         let keep_alive = match (keep_alive, self.config.max_keep_alive) {
             (0, max) => max.filter(|m| *m > 0),

@@ -108,6 +108,8 @@ pub(crate) struct Session {
     pub(crate) hold_since: Option<Instant>,
     /// Held acknowledgements longer than allowed: holds none until the queue drains.
     pub(crate) hold_expired: bool,
+    /// When a persistent session went offline (for `BrokerConfig::session_expiry`).
+    pub(crate) offline_since: Option<Instant>,
 }
 
 /// Outcome of offering a message to a full queue.
@@ -139,6 +141,7 @@ impl Session {
             held_acks: Vec::new(),
             hold_since: None,
             hold_expired: false,
+            offline_since: None,
         }
     }
 
