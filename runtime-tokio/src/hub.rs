@@ -262,6 +262,9 @@ fn log_event(event: &Event) {
         Event::MessagesDropped { client_id, total } => {
             tracing::warn!(%client_id, total, "queue full, messages dropped")
         }
+        Event::SessionExpired { client_id } => {
+            tracing::info!(%client_id, "persistent session expired and removed")
+        }
         Event::StoreFailed {
             seq,
             error,
