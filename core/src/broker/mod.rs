@@ -135,6 +135,9 @@ pub struct Broker {
     pending_acks: VecDeque<PendingAck>,
     /// Connections whose batch is held until the store commits (durable mode, QoS 2).
     held: Vec<ConnId>,
+    /// Client identifiers whose stored session was deleted by the operation with this
+    /// sequence number, not yet committed: a CONNACK saying "no session" waits for it.
+    deleted_sessions: BTreeMap<MqttString, u64>,
     /// How many stored deliveries reference each stored message.
     message_refs: BTreeMap<u64, u32>,
     next_message_id: u64,
@@ -196,6 +199,7 @@ impl Broker {
             store_done: 0,
             pending_acks: VecDeque::new(),
             held: Vec::new(),
+            deleted_sessions: BTreeMap::new(),
             message_refs: BTreeMap::new(),
             next_message_id: 1,
         };
@@ -642,6 +646,8 @@ impl Broker {
         match result {
             Ok(()) => {
                 self.store_done = self.store_done.max(seq);
+                let done = self.store_done;
+                self.deleted_sessions.retain(|_, at| *at > done);
                 while let Some(ack) = self.pending_acks.front() {
                     if ack.seq > self.store_done {
                         break;
@@ -1054,6 +1060,10 @@ impl Broker {
             self.store(StoreOp::DeleteSession {
                 client_id: session.client_id.clone(),
             });
+            if self.durable() {
+                self.deleted_sessions
+                    .insert(session.client_id.clone(), self.store_seq);
+            }
             let stored = session.inflight.iter().map(|f| &f.delivery);
             for d in stored.chain(session.queue.iter()) {
                 if d.seq != 0 {
@@ -1227,9 +1237,7 @@ impl Broker {
             self.end_connection(old, DisconnectCause::TakenOver, true);
         }
         // 3.1.1 [MQTT-3.1.2-6]: clean session discards any previous session.
-        let mut discarded_stored = false;
         if clean_start && let Some(&key) = self.by_client_id.get(&client_id) {
-            discarded_stored = self.sessions.get(key.0).is_some_and(|s| s.persistent);
             self.discard_session(key);
         }
         let (key, session_present) = match self.by_client_id.get(&client_id) {
@@ -1275,10 +1283,16 @@ impl Broker {
                 properties: Properties::new(),
             }),
         );
-        if discarded_stored && self.durable() {
-            // The CONNACK (and all after it) waits for the stored session's deletion to be
-            // committed: after a crash it must not come back ([MQTT-3.1.2-6]) with QoS 2
-            // identifiers that would swallow this client's new messages.
+        let deletion_pending = self
+            .deleted_sessions
+            .get(&client_id)
+            .is_some_and(|&at| at > self.store_done);
+        if !session_present && deletion_pending {
+            // "No session" (this CONNECT discarded a stored one, or another connection did
+            // just before): the CONNACK, and all after it, waits for the deletion to be
+            // committed. After a crash the session must not come back ([MQTT-3.1.2-6]) with
+            // QoS 2 identifiers the client forgot, whose resends would be delivered again or
+            // would swallow its new messages.
             self.hold(conn);
         }
         self.event(Event::Connected {

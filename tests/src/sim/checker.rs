@@ -23,6 +23,14 @@
 //!   subscriptions the broker holds for it.
 //! - **Retained**: a fresh subscriber to `#` at the end receives exactly the model's retained
 //!   message per topic.
+//! - **Durability** (`check_durability`, durable mode): every QoS 1/2 message its publisher saw
+//!   acknowledged reached every persistent session owed it durably — at least once, and exactly
+//!   once for QoS 2 from a persistent publisher session.
+//!
+//! After a broker crash: routings the crash lost (neither on disk nor delivered) owe nothing
+//! and are no order reference; a delivery restored from the disk as queued may arrive again
+//! without DUP (QoS 1 always; QoS 2 only in periodic mode, where it may also reach the
+//! application again: exactly once does not survive a periodic crash).
 //!
 //! Never: excuse a receipt because of what the broker's internals say.
 
@@ -34,6 +42,8 @@ use surgemq_core::codec::QoS;
 
 use super::core_client::CoreSimClient;
 use super::message::Uid;
+#[cfg(doc)]
+use super::model::EXCUSE_CLEAN_CONNACK_BEFORE_DISCARD_COMMITTED;
 use super::model::Model;
 use super::violations::Violations;
 
@@ -79,6 +89,9 @@ pub(crate) struct DeliveryStats {
     pub(crate) ordered: usize,
     /// Receipts with DUP set.
     pub(crate) redeliveries: usize,
+    /// QoS 2 copies or swallowed messages excused by
+    /// [`EXCUSE_CLEAN_CONNACK_BEFORE_DISCARD_COMMITTED`].
+    pub(crate) excused: usize,
 }
 
 /// Checks every delivery invariant over the run's receipts. `alive` are the incarnations alive
@@ -86,8 +99,9 @@ pub(crate) struct DeliveryStats {
 pub(crate) fn check_deliveries(
     model: &Model,
     receipts: &[Receipt],
-    acked: &BTreeSet<Uid>,
+    acked: &BTreeMap<Uid, u64>,
     alive: &BTreeSet<u32>,
+    durable: bool,
     now: u64,
     v: &mut Violations,
 ) -> DeliveryStats {
@@ -97,7 +111,7 @@ pub(crate) fn check_deliveries(
     };
     let mut delivered: BTreeSet<(u32, Uid)> = BTreeSet::new();
     let mut qos2_count: BTreeMap<(u32, Uid), u32> = BTreeMap::new();
-    let mut first_copies: BTreeMap<(u32, Uid), usize> = BTreeMap::new();
+    let mut first_copies: BTreeMap<(u32, Uid, QoS), usize> = BTreeMap::new();
     // Order: (incarnation, will, publisher, topic) -> highest first-routing clock seen.
     let mut order: BTreeMap<(u32, bool, u32, String), (u64, Uid)> = BTreeMap::new();
 
@@ -160,7 +174,13 @@ pub(crate) fn check_deliveries(
             .get(&uid)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let Some(first) = routes.iter().find(|route| route.inc == r.inc) else {
+        // The first routing to this session that a crash did not lose: the order reference
+        // (a lost routing was never delivered; the publisher's resend routed it again).
+        let first = routes
+            .iter()
+            .find(|route| route.inc == r.inc && !route.lost)
+            .or_else(|| routes.iter().find(|route| route.inc == r.inc));
+        let Some(first) = first else {
             v.push(
                 r.at,
                 format!(
@@ -186,11 +206,25 @@ pub(crate) fn check_deliveries(
             );
         }
         // Each routing is transmitted once with DUP 0; every other copy is a redelivery, which
-        // must carry DUP 1 ([MQTT-3.3.1-1]).
+        // must carry DUP 1 ([MQTT-3.3.1-1]). A crash is the exception: a delivery restored from
+        // the disk as queued may have been sent before the crash, which the restarted broker
+        // cannot know — for QoS 1 (written before its in-flight state is committed) and, in
+        // periodic mode, QoS 2. Durable mode writes a QoS 2 PUBLISH only once its in-flight
+        // state is committed, so a restored QoS 2 delivery is resent with DUP.
+        // Counted per QoS: each copy comes from a routing at its own QoS.
         if r.qos != QoS::AtMostOnce && !r.dup {
-            let firsts = first_copies.entry((r.inc, uid)).or_default();
+            let firsts = first_copies.entry((r.inc, uid, r.qos)).or_default();
             *firsts += 1;
-            let routings = routes.iter().filter(|route| route.inc == r.inc).count();
+            let restored = if r.qos == QoS::AtLeastOnce || !durable {
+                restored_count(model, r.inc, uid)
+            } else {
+                0
+            };
+            let routings = routes
+                .iter()
+                .filter(|route| route.inc == r.inc && route.qos == r.qos && !route.lost)
+                .count()
+                + restored;
             if *firsts > routings {
                 v.push(
                     r.at,
@@ -213,11 +247,23 @@ pub(crate) fn check_deliveries(
             // session incarnation (its own was discarded and a stale CONNECT created a new one,
             // which the client cannot tell apart: Session Present is one bit), and then a second
             // copy is no broker fault.
+            // A routing lost in a crash was never delivered. In periodic mode, a QoS 2
+            // delivery restored as queued may have reached the application before the crash
+            // under another packet identifier: exactly once does not survive a crash there.
+            let restored = if durable {
+                0
+            } else {
+                restored_count(model, r.inc, uid)
+            };
             let routings = routes
                 .iter()
-                .filter(|route| route.inc == r.inc && route.qos == QoS::ExactlyOnce)
-                .count();
-            if *n as usize > routings {
+                .filter(|route| route.inc == r.inc && route.qos == QoS::ExactlyOnce && !route.lost)
+                .count()
+                + restored;
+            let revived = revived_count(model, r.inc, first.clock);
+            if *n as usize > routings && *n as usize <= routings + revived {
+                stats.excused += 1;
+            } else if *n as usize > routings {
                 v.push(
                     r.at,
                     format!(
@@ -250,7 +296,7 @@ pub(crate) fn check_deliveries(
 
     for (uid, routes) in &model.routes {
         for route in routes {
-            if route.qos == QoS::AtMostOnce || !alive.contains(&route.inc) {
+            if route.qos == QoS::AtMostOnce || !alive.contains(&route.inc) || route.lost {
                 continue;
             }
             stats.owed += 1;
@@ -277,7 +323,11 @@ pub(crate) fn check_deliveries(
         }
     }
 
-    for uid in acked {
+    for uid in acked.keys() {
+        if model.swallowed.contains(uid) {
+            stats.excused += 1;
+            continue;
+        }
         if !model.messages.contains_key(uid) {
             v.push(
                 now,
@@ -288,6 +338,116 @@ pub(crate) fn check_deliveries(
         }
     }
     stats
+}
+
+/// Extra QoS 2 copies of a message first routed to incarnation `inc` at logical time
+/// `routed` allowed by [`EXCUSE_CLEAN_CONNACK_BEFORE_DISCARD_COMMITTED`]: one per revival
+/// after it.
+fn revived_count(model: &Model, inc: u32, routed: u64) -> usize {
+    model
+        .revived_after_clean
+        .get(&inc)
+        .map_or(0, |clocks| clocks.iter().filter(|&&c| c >= routed).count())
+}
+
+/// Deliveries of `uid` to incarnation `inc` that crashes restored from the disk.
+fn restored_count(model: &Model, inc: u32, uid: Uid) -> usize {
+    model.restored.get(&(inc, uid)).map_or(0, |&n| n as usize)
+}
+
+/// The durability invariant of durable mode, once the run has settled: every QoS 1/2 message
+/// its publisher saw acknowledged (PUBACK, PUBREC; a core client's completion) reached every
+/// persistent session that was owed it durably — the routing the acknowledgement answered (the
+/// last one the broker processed before it) matched a subscription of that session whose SUBACK
+/// had been sent, and the session is alive at the end (not discarded since). At least once for
+/// QoS 1; for QoS 2 from a persistent publisher session, exactly once to the application (a DUP
+/// resend of an unreleased packet identifier is not a second delivery), unless the model routed
+/// it to that session more than once (the publisher's own session was replaced between its
+/// PUBLISH and its resend). Crashes change nothing here: what was acknowledged was committed.
+/// Returns the number of owed deliveries checked.
+pub(crate) fn check_durability(
+    model: &Model,
+    receipts: &[Receipt],
+    acked: &BTreeMap<Uid, u64>,
+    alive: &BTreeSet<u32>,
+    now: u64,
+    v: &mut Violations,
+) -> usize {
+    let mut delivered: BTreeMap<(u32, Uid), u32> = BTreeMap::new();
+    let mut qos2: BTreeMap<(u32, Uid), u32> = BTreeMap::new();
+    for r in receipts.iter().filter(|r| !r.retain) {
+        let Some(uid) = r.uid else {
+            continue;
+        };
+        if r.app_new || !r.app_level {
+            *delivered.entry((r.inc, uid)).or_default() += 1;
+        }
+        if r.qos == QoS::ExactlyOnce && r.app_new {
+            *qos2.entry((r.inc, uid)).or_default() += 1;
+        }
+    }
+    let mut owed = 0;
+    for (uid, &acked_at) in acked {
+        let Some(info) = model.messages.get(uid) else {
+            continue; // "acknowledged but never routed", reported by `check_deliveries`.
+        };
+        let Some(&(clock, routed_at)) = info.routings.iter().rfind(|(_, at)| *at <= acked_at)
+        else {
+            continue;
+        };
+        let routes = model.routes.get(uid).map(Vec::as_slice).unwrap_or_default();
+        for route in routes.iter().filter(|r| {
+            r.clock == clock && r.durable_qos != QoS::AtMostOnce && alive.contains(&r.inc)
+        }) {
+            owed += 1;
+            let client = model
+                .incs
+                .get(&route.inc)
+                .map_or("?", |i| i.client_id.as_str());
+            let key = (route.inc, *uid);
+            if delivered.get(&key).copied().unwrap_or(0) == 0 {
+                v.push(
+                    now,
+                    format!(
+                        "durability: {client} (session #{}) never got {uid} (QoS {} on {}, routed \
+                         at {routed_at} ms, acknowledged to its publisher at {acked_at} ms, owed \
+                         durably at QoS {}): the broker lost an acknowledged message",
+                        route.inc,
+                        info.qos.as_u8(),
+                        info.topic,
+                        route.durable_qos.as_u8()
+                    ),
+                );
+                continue;
+            }
+            if route.durable_qos == QoS::ExactlyOnce && info.publisher_persistent == Some(true) {
+                let n = qos2.get(&key).copied().unwrap_or(0);
+                let routings = routes
+                    .iter()
+                    .filter(|r| r.inc == route.inc && r.qos == QoS::ExactlyOnce && !r.lost)
+                    .count()
+                    .max(1);
+                let first = routes
+                    .iter()
+                    .filter(|r| r.inc == route.inc)
+                    .map(|r| r.clock)
+                    .min()
+                    .unwrap_or(route.clock);
+                let routings = routings + revived_count(model, route.inc, first);
+                if n as usize > routings {
+                    v.push(
+                        now,
+                        format!(
+                            "durability: {client} (session #{}) got QoS 2 message {uid} {n} \
+                             times, routed to it {routings} time(s): not exactly once",
+                            route.inc
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    owed
 }
 
 /// Checks a core-driven client's own bookkeeping once the run has settled, against the model:

@@ -127,6 +127,9 @@ pub(crate) struct CoreStats {
     /// Publishes whose PUBACK the network lost (mutation) and that completed after a reconnect
     /// and resend, as they should.
     pub(crate) lost_ack_resent: u64,
+    /// Filters a periodic-mode crash changed in the client's session, left out of the
+    /// end-of-run comparison (see [`CoreSimClient::session_changed_by_crash`]).
+    pub(crate) crash_tainted: u64,
 }
 
 /// A simulated client driven by the core [`Client`]. See the [module docs](self).
@@ -365,6 +368,20 @@ impl CoreSimClient {
             self.stats.failed_opens += 1;
             self.up_at = None;
             self.fail_at = Some(at);
+        }
+    }
+
+    /// A broker crash in periodic mode restored this client's session with `filters` changed
+    /// (a SUBSCRIBE or UNSUBSCRIBE it acknowledged was not committed, which periodic mode
+    /// allows): the application and the broker may disagree about them, and the client cannot
+    /// know (Session Present 1). They are left out of the end-of-run comparison until the
+    /// application's next command about each completes, like the `EXCUSE_` cases.
+    pub(crate) fn session_changed_by_crash(&mut self, filters: &BTreeSet<String>) {
+        if let Some(last) = self.last_token {
+            self.stats.crash_tainted += filters.len() as u64;
+            for f in filters {
+                self.tainted.insert(f.clone(), last);
+            }
         }
     }
 
