@@ -188,14 +188,7 @@ impl BoundServer {
         let (store_done_tx, store_done) = mpsc::unbounded_channel();
         let store = self.store.map(|setup| {
             let report = broker.restore(setup.snapshot);
-            tracing::info!(
-                sessions = report.sessions,
-                subscriptions = report.subscriptions,
-                messages = report.deliveries,
-                retained = report.retained,
-                discarded = report.discarded,
-                "restored from the store"
-            );
+            tracing::info!("restored from the store: {report}");
             let done_tx = store_done_tx.clone();
             (setup.start)(Box::new(move |seq, result| {
                 let _ = done_tx.send((seq, result));

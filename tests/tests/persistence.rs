@@ -1198,8 +1198,10 @@ fn stored_delivery(client_id: &str, seq: u64, message: u64) -> StoredDelivery {
     }
 }
 
-#[test]
-fn restore_discards_records_that_do_not_fit_together() {
+/// A store with one good session, message and delivery, and four records that do not fit:
+/// an unreferenced message, a delivery of a missing message, a delivery and a release id of a
+/// missing session.
+fn store_with_four_misfits() -> MemoryStore {
     let mut store = MemoryStore::new();
     for op in [
         StoreOp::PutSession(StoredSession {
@@ -1215,9 +1217,7 @@ fn restore_discards_records_that_do_not_fit_together() {
             message: stored_message("t", b"orphan"),
         },
         StoreOp::PutDelivery(stored_delivery("s", 1, 10)),
-        // Of a message that is not there.
         StoreOp::PutDelivery(stored_delivery("s", 2, 99)),
-        // For a session that is not there.
         StoreOp::PutDelivery(stored_delivery("ghost", 1, 10)),
         StoreOp::PutReleaseId {
             client_id: cid("ghost"),
@@ -1226,6 +1226,12 @@ fn restore_discards_records_that_do_not_fit_together() {
     ] {
         store.apply(&op);
     }
+    store
+}
+
+#[test]
+fn restore_discards_records_that_do_not_fit_together() {
+    let store = store_with_four_misfits();
 
     let (mut tb, report) = TestBroker::from_store(config(Persistence::Durable), store);
     assert_eq!(
@@ -2142,30 +2148,7 @@ fn will_published_when_a_failure_closes_its_connection_is_in_the_rewrite() {
 
 #[test]
 fn failed_deletes_of_a_restore_are_covered_by_the_rewrite() {
-    let mut store = MemoryStore::new();
-    for op in [
-        StoreOp::PutSession(StoredSession {
-            client_id: cid("s"),
-            subscriptions: vec![(filter("t"), SubscriptionOptions::qos(Q1))],
-        }),
-        StoreOp::PutMessage {
-            id: 10,
-            message: stored_message("t", b"good"),
-        },
-        StoreOp::PutMessage {
-            id: 11,
-            message: stored_message("t", b"orphan"),
-        },
-        StoreOp::PutDelivery(stored_delivery("s", 1, 10)),
-        StoreOp::PutDelivery(stored_delivery("s", 2, 99)),
-        StoreOp::PutDelivery(stored_delivery("ghost", 1, 10)),
-        StoreOp::PutReleaseId {
-            client_id: cid("ghost"),
-            packet_id: pid(4),
-        },
-    ] {
-        store.apply(&op);
-    }
+    let store = store_with_four_misfits();
     let (mut tb, report) = TestBroker::from_store(config(Persistence::Durable), store);
     assert_eq!(report.discarded, 4);
     tb.set_auto_commit(false);

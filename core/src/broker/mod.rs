@@ -167,6 +167,17 @@ pub struct RestoreReport {
     pub discarded: usize,
 }
 
+impl fmt::Display for RestoreReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} sessions, {} subscriptions, {} queued or in-flight messages, {} retained \
+             messages restored; {} records discarded",
+            self.sessions, self.subscriptions, self.deliveries, self.retained, self.discarded
+        )
+    }
+}
+
 impl fmt::Debug for Broker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Broker")

@@ -116,14 +116,7 @@ pub fn broker_task<R: Runtime>(
     let mut broker = Broker::new(config, clock.now());
     let store = store.map(|setup| {
         let report = broker.restore(setup.snapshot);
-        tracing::info!(
-            sessions = report.sessions,
-            subscriptions = report.subscriptions,
-            messages = report.deliveries,
-            retained = report.retained,
-            discarded = report.discarded,
-            "restored from the store"
-        );
+        tracing::info!("restored from the store: {report}");
         let done_tx = store_done_tx.clone();
         (setup.start)(Box::new(move |seq, result| {
             let _ = done_tx.try_send((seq, result));
