@@ -833,10 +833,32 @@ impl Client {
             session_present,
             properties: connack.properties,
         });
-        // 3.1.1 [MQTT-4.4.0-1] [MQTT-4.6.0-1]: resend in the original order.
+        if !session_present {
+            // A new session (3.1.1 [MQTT-3.1.2-6]): no exchange carries over into it. A QoS 2
+            // message whose PUBREC arrived is the server's already: it completes (a PUBREL
+            // would name an identifier the new session never saw).
+            let released: Vec<PacketId> = self
+                .inflight
+                .iter()
+                .filter(|p| {
+                    matches!(p.request, Request::Publish(_)) && p.stage == Stage::AwaitingComp
+                })
+                .map(|p| p.id)
+                .collect();
+            for id in released {
+                if let Some(p) = self.take_pending(id, |p| p.stage == Stage::AwaitingComp) {
+                    self.event(ClientEvent::Published {
+                        token: p.token,
+                        reason: PubAckReason::Success,
+                    });
+                }
+            }
+        }
+        // 3.1.1 [MQTT-4.4.0-1] [MQTT-4.6.0-1]: resend in the original order; into a new
+        // session as first deliveries (DUP 0, [MQTT-3.3.1-1]).
         let pending: Vec<Pending> = self.inflight.iter().cloned().collect();
         for p in &pending {
-            self.transmit_pending(p, true);
+            self.transmit_pending(p, session_present);
         }
         self.drain_queue();
     }
