@@ -1,8 +1,10 @@
 //! # surgemq-core
 //!
 //! The sans-IO heart of SurgeMQ: everything that decides, nothing that does I/O.
-//! This crate never opens a socket, reads a clock, spawns, sleeps, locks or touches a file;
-//! callers hand it bytes and time, and carry out what it returns.
+//! The state machines never open a socket, read a clock, spawn, sleep, lock or touch a file;
+//! callers hand them bytes and time, and carry out what they return. The one exception is
+//! outside them, behind the `redb` feature: `store::redb`, the crash-safe file store and its
+//! group-commit thread, which the runtime adapters share (DESIGN.md places it here).
 //!
 //! - [`codec`]: one packet model for MQTT 3.1, 3.1.1 and 5.0; incremental decoding and encoding.
 //! - [`topic`]: validated topic names and filters, shared subscriptions and the subscription trie.
