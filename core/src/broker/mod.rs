@@ -1526,17 +1526,18 @@ impl Broker {
     /// (offline QoS 0 only if configured).
     fn deliver(&mut self, key: SessionKey, mut delivery: Delivery) {
         let persisting = self.persisting();
-        let Some(session) = self.sessions.get_mut(key.0) else {
+        let Some(mut session) = self.sessions.get_mut(key.0) else {
             return;
         };
         if persisting && session.persistent && delivery.qos != QoS::AtMostOnce {
             delivery.seq = session.next_seq;
             session.next_seq += 1;
             self.ref_message(&delivery.message);
+            let Some(again) = self.sessions.get_mut(key.0) else {
+                return;
+            };
+            session = again;
         }
-        let Some(session) = self.sessions.get_mut(key.0) else {
-            return;
-        };
         let online = session
             .conn
             .filter(|c| self.conns.get(c.0).is_some_and(Connection::is_connected));
