@@ -1425,6 +1425,22 @@ fn retained_now(broker: &Broker, dir: &Path, prefix: &str) -> Vec<String> {
     retained
 }
 
+/// `mosquitto_sub -c -i ID -q 1 -t FILTER -E`: makes a persistent session subscribed to `filter`
+/// at QoS 1 and leaves. Returns the arguments that come back to it (`-c -i ID -q 1 -t FILTER`,
+/// printing `%q %t %p`).
+fn persistent_session<'a>(
+    broker: &Broker,
+    dir: &Path,
+    id: &'a str,
+    filter: &'a str,
+) -> [&'a str; 9] {
+    let sub_args = ["-c", "-i", id, "-q", "1", "-t", filter, "-F", "%q %t %p"];
+    let first = mosquitto_sub(dir, broker.port(), &[&sub_args[..], &["-E"]].concat());
+    let first = first.finish();
+    broker.expect_success(&first, "mosquitto_sub -c -E");
+    sub_args
+}
+
 /// 3.1.1 [MQTT-3.1.2-4] [MQTT-3.1.2-5] across broker restarts: `mosquitto_sub -c -i ID -q 1`
 /// subscribes and leaves; QoS 1 messages published while it is away — before a graceful
 /// restart (SIGTERM), between it and a kill -9 and restart, and after that — are all kept in
@@ -1435,24 +1451,7 @@ pub fn mosquitto_session_survives_restart(runtime: Runtime) {
     }
     let dir = temp_dir();
     let mut broker = Broker::plain(runtime);
-    let sub_args = [
-        "-c",
-        "-i",
-        "e2e-away-restart",
-        "-q",
-        "1",
-        "-t",
-        "away/#",
-        "-F",
-        "%q %t %p",
-    ];
-    let first = mosquitto_sub(
-        dir.path(),
-        broker.port(),
-        &[&sub_args[..], &["-E"]].concat(),
-    );
-    let first = first.finish();
-    broker.expect_success(&first, "mosquitto_sub -c -E");
+    let sub_args = persistent_session(&broker, dir.path(), "e2e-away-restart", "away/#");
 
     publish_qos1(&broker, dir.path(), "away/1", "before the restarts", &[]);
     broker.stop();
@@ -1612,24 +1611,7 @@ pub fn memory_mode_keeps_nothing(runtime: Runtime) {
     }
     let dir = temp_dir();
     let mut broker = Broker::plain_with(runtime, &["--persistence", "memory"]);
-    let sub_args = [
-        "-c",
-        "-i",
-        "e2e-memory-only",
-        "-q",
-        "1",
-        "-t",
-        "mem/away",
-        "-F",
-        "%q %t %p",
-    ];
-    let first = mosquitto_sub(
-        dir.path(),
-        broker.port(),
-        &[&sub_args[..], &["-E"]].concat(),
-    );
-    let first = first.finish();
-    broker.expect_success(&first, "mosquitto_sub -c -E");
+    let sub_args = persistent_session(&broker, dir.path(), "e2e-memory-only", "mem/away");
     publish_qos1(&broker, dir.path(), "mem/away", "queued in memory", &[]);
     publish_qos1(&broker, dir.path(), "mem/r", "retained in memory", &["-r"]);
     // It is kept while the broker runs.

@@ -291,3 +291,24 @@ fn several_publishers_held_back_by_one_slow_subscriber_lose_nothing() {
             .any(|e| matches!(e, Event::MessagesDropped { .. }))
     );
 }
+
+#[test]
+fn a_publisher_ignoring_its_window_cannot_grow_the_held_acks_without_bound() {
+    // It never waits for acknowledgements: past the held-ack bound (twice the queue limit of 8,
+    // as far as the queue may stretch) its acknowledgements go out at once and its extra
+    // messages meet the overflow policy.
+    let (mut tb, _sub, publisher) = setup(config());
+    publish_n(&mut tb, publisher, 1, 5);
+    assert_eq!(acks(&mut tb, publisher), [1, 2, 3, 4, 5]);
+    publish_n(&mut tb, publisher, 6, 1_000);
+    let released = acks(&mut tb, publisher);
+    assert_eq!(released.len(), 995 - 16, "all but 16 acknowledged at once");
+    assert_eq!(released.first(), Some(&22));
+    // Queue stretched to twice its limit (16) at the most; the rest dropped and reported.
+    assert!(tb.broker().queued_messages("slow").unwrap() <= 16);
+    assert!(
+        tb.events()
+            .iter()
+            .any(|e| matches!(e, Event::MessagesDropped { .. }))
+    );
+}

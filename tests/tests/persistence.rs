@@ -853,6 +853,15 @@ fn pubrel_not_committed_before_a_crash_means_publish_again() {
     assert_eq!(packet_id(&again[0]), id);
 }
 
+/// Reconnects `client_id` (clean session 0) with commits held: the connection, and its CONNACK
+/// (if sent yet) followed by everything else it received.
+fn reconnect_before_commit(tb: &mut TestBroker, client_id: &str) -> (ConnId, Vec<Packet>) {
+    let (conn, connack) = tb.try_connect(connect_packet(client_id, false, V311));
+    let mut packets: Vec<Packet> = connack.map(Packet::ConnAck).into_iter().collect();
+    packets.extend(tb.recv(conn));
+    (conn, packets)
+}
+
 #[test]
 fn pubrel_resent_on_reconnect_waits_for_the_commit_of_pubrec() {
     let mut tb = durable();
@@ -865,9 +874,7 @@ fn pubrel_resent_on_reconnect_waits_for_the_commit_of_pubrec() {
     tb.close_socket(sub);
 
     // Reconnected before the commit: the PUBREL resent from memory must wait for the disk too.
-    let (sub, connack) = tb.try_connect(connect_packet("sub", false, V311));
-    let mut packets: Vec<Packet> = connack.map(Packet::ConnAck).into_iter().collect();
-    packets.extend(tb.recv(sub));
+    let (sub, mut packets) = reconnect_before_commit(&mut tb, "sub");
     assert!(
         !packets.iter().any(|p| matches!(p, Packet::PubRel(_))),
         "PUBREL before its state is on disk: {packets:?}"
@@ -890,9 +897,7 @@ fn resent_qos2_publish_waits_for_the_commit_of_its_identifier() {
     tb.close_socket(sub);
 
     // Reconnected before the commit: the in-flight PUBLISH resent from memory waits as well.
-    let (sub, connack) = tb.try_connect(connect_packet("sub", false, V311));
-    let mut packets: Vec<Packet> = connack.map(Packet::ConnAck).into_iter().collect();
-    packets.extend(tb.recv(sub));
+    let (sub, mut packets) = reconnect_before_commit(&mut tb, "sub");
     assert!(
         !packets.iter().any(|p| matches!(p, Packet::Publish(_))),
         "PUBLISH before its identifier is on disk: {packets:?}"

@@ -70,7 +70,9 @@ pub struct BrokerConfig {
     /// to its publisher is held until that queue is back under a quarter. Publishers then slow
     /// down to their slowest connected subscriber (within their own in-flight window) instead
     /// of overflowing its queue; what they still had in flight may take that queue up to twice
-    /// its limits. Offline sessions never hold acknowledgements.
+    /// its limits. At most twice `max_queued_messages` acknowledgements are held per session
+    /// (a publisher ignoring its window gets the rest at once, and the overflow policy for its
+    /// messages). Offline sessions never hold acknowledgements.
     pub publisher_flow_control: bool,
     /// The longest one subscriber may hold acknowledgements; after it the acknowledgements go
     /// out and that subscriber's queue falls back to `overflow_policy` until it drains under a

@@ -1686,7 +1686,15 @@ impl Broker {
         };
         let now = self.now;
         let deadline = now + self.config.max_ack_hold;
-        let Some(session) = self.sessions.get_mut(key.0) else {
+        // The messages they stand for fit in the queue stretched to twice its limit.
+        let limit = self.config.max_queued_messages.saturating_mul(2);
+        let Some(session) = self
+            .sessions
+            .get_mut(key.0)
+            .filter(|s| s.held_acks.len() < limit)
+        else {
+            // Bounded like the queue: a publisher ignoring its window cannot grow the list of
+            // held acknowledgements (its extra messages meet the overflow policy anyway).
             self.send_ack(conn, packet);
             return;
         };

@@ -692,28 +692,19 @@ fn each_record<K: Key + 'static, V: Value + 'static>(
     bad: &mut Vec<BadRecord>,
     mut visit: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<(), (String, RecordError)>,
 ) {
+    let whole_table = |detail: String| BadRecord {
+        table: table_name,
+        key: "(the whole table)".to_owned(),
+        detail,
+    };
     let opened = match txn.open_table(table) {
         Ok(opened) => opened,
         Err(TableError::TableDoesNotExist(_)) => return,
-        Err(e) => {
-            bad.push(BadRecord {
-                table: table_name,
-                key: "(the whole table)".to_owned(),
-                detail: e.to_string(),
-            });
-            return;
-        }
+        Err(e) => return bad.push(whole_table(e.to_string())),
     };
     let iter = match opened.iter() {
         Ok(iter) => iter,
-        Err(e) => {
-            bad.push(BadRecord {
-                table: table_name,
-                key: "(the whole table)".to_owned(),
-                detail: e.to_string(),
-            });
-            return;
-        }
+        Err(e) => return bad.push(whole_table(e.to_string())),
     };
     let mut last_key: Option<String> = None;
     for entry in iter {
