@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use surgemq_core::broker::{Persistence, StoreFailure};
-use surgemq_core::store::redb::{CommitPolicy, FILE_NAME, RedbStore, StoreWorker};
-use surgemq_core::store::{DoneFn, StoreOp, StoreSetup, StoreSink};
+use surgemq_core::broker::Persistence;
+use surgemq_core::store::StoreSetup;
+use surgemq_core::store::redb::{self, CommitPolicy, FILE_NAME, OnClose, RedbStore};
 
 use crate::cli::{StoreAction, StoreArgs};
 
@@ -93,51 +93,21 @@ pub fn setup(settings: &PersistenceSettings) -> Result<Option<StoreSetup>, Strin
     if settings.mode == Mode::Memory {
         return Ok(None);
     }
-    let mut store = RedbStore::open(&settings.data_dir).map_err(|e| e.to_string())?;
-    if let Err(error) = store.compact() {
-        tracing::warn!(%error, "store compaction at start-up failed; continuing uncompacted");
-    }
-    let snapshot = store.load().map_err(|e| e.to_string())?;
     let policy = match settings.mode {
         Mode::Periodic => CommitPolicy::Every(settings.interval),
         _ => CommitPolicy::Group,
     };
-    let start = move |done: DoneFn| -> Box<dyn StoreSink> {
-        let worker = StoreWorker::spawn(store, policy, move |report| {
-            let result = report.result.map_err(|e| StoreFailure(e.to_string()));
-            done(report.seq, result);
-        });
-        Box::new(Sink(Some(worker)))
-    };
-    Ok(Some(StoreSetup {
-        snapshot,
-        start: Box::new(start),
-    }))
-}
-
-/// The redb worker as the adapters' [`StoreSink`].
-struct Sink(Option<StoreWorker>);
-
-impl StoreSink for Sink {
-    fn submit(&mut self, ops: Vec<(u64, StoreOp)>) {
-        if let Some(worker) = &self.0 {
-            worker.submit_batch(ops);
-        }
-    }
-
-    fn close(mut self: Box<Self>) {
-        if let Some(worker) = self.0.take() {
-            let stats = worker.stats();
-            match worker.close() {
-                Ok(()) => tracing::info!(
-                    commits = stats.commits,
-                    operations = stats.ops,
-                    "store closed"
-                ),
-                Err(error) => tracing::error!(%error, "the store's last commit failed"),
-            }
-        }
-    }
+    let on_close: OnClose = Box::new(|stats, result| match result {
+        Ok(()) => tracing::info!(
+            commits = stats.commits,
+            operations = stats.ops,
+            "store closed"
+        ),
+        Err(error) => tracing::error!(%error, "the store's last commit failed"),
+    });
+    redb::setup(&settings.data_dir, policy, on_close)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// `surgemq store check | repair`: exit status 0 when the store is healthy (check) or was

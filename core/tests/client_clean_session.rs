@@ -31,6 +31,8 @@ fn drain(client: &mut Client, now: Instant) -> (Vec<Packet>, Vec<ClientEvent>) {
             }
             ClientOutput::CloseTransport => {}
             ClientOutput::Event(e) => events.push(e),
+            // Persistence is off here.
+            ClientOutput::Store { .. } => {}
         }
     }
     (packets, events)

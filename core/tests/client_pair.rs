@@ -105,6 +105,8 @@ impl Pair {
                             }
                         }
                         ClientOutput::Event(e) => self.clients[i].events.push(e),
+                        // Persistence is off in these tests.
+                        ClientOutput::Store { .. } => {}
                     }
                 }
             }

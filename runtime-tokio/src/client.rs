@@ -509,6 +509,8 @@ impl Driver {
                     self.transport += 1;
                 }
                 ClientOutput::Event(event) => self.event(event),
+                // Persistence arrives with Client::connect_with_store.
+                ClientOutput::Store { .. } => {}
             }
         }
         if self.stopped.is_some() {

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use core::time::Duration;
 
+use crate::broker::Persistence;
 use crate::codec::{Properties, ProtocolVersion, Will};
 use crate::string::MqttString;
 
@@ -62,11 +63,17 @@ pub struct ClientConfig {
     pub manual_acks: bool,
     /// Seed for the reconnect jitter: a simulation with the same seed replays exactly.
     pub seed: u64,
+    /// Whether a persistent session (`clean_start` false) is written to a store through
+    /// [`ClientOutput::Store`](super::ClientOutput::Store) operations, and whether the wire
+    /// waits for their commits (see the [client docs](super#persistence)). Clean sessions are
+    /// never stored.
+    pub persistence: Persistence,
 }
 
 impl ClientConfig {
     /// A configuration with the usual defaults for `client_id`: MQTT 3.1.1, clean session,
-    /// keep alive 60 s, in-flight window 20, 1,000 queued commands, reconnecting.
+    /// keep alive 60 s, in-flight window 20, 1,000 queued commands, reconnecting, no
+    /// persistence.
     pub fn new(client_id: MqttString) -> Self {
         Self {
             client_id,
@@ -84,6 +91,7 @@ impl ClientConfig {
             reconnect: Some(Backoff::default()),
             manual_acks: false,
             seed: 0x5375_7267_6543_6c74,
+            persistence: Persistence::Off,
         }
     }
 }

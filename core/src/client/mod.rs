@@ -4,8 +4,10 @@
 //! Client::new(config, now)                     // asks for a transport at once
 //! Client::handle_input(now, ClientInput)       // TransportUp | Received | TransportDown | Timeout
 //! Client::publish / subscribe / unsubscribe / disconnect / ack   (commands → Token)
-//! Client::poll_output() -> Option<ClientOutput> // OpenTransport | Transmit | CloseTransport | Event
+//! Client::poll_output() -> Option<ClientOutput> // OpenTransport | Transmit | CloseTransport
+//!                                              // | Store | Event
 //! Client::poll_timeout() -> Option<Instant>
+//! Client::restore(snapshot)                    // after a restart, before the first input
 //! ```
 //!
 //! Commands return a [`Token`]; their completion is an [`ClientEvent`]: a QoS 1 publish on
@@ -19,6 +21,31 @@
 //! and PUBREL packets for QoS 2 exchanges in progress, in their original order
 //! (3.1.1 [MQTT-4.4.0-1]); when the server has no session (Session Present 0) the client's
 //! subscriptions are made again.
+//!
+//! # Persistence
+//!
+//! With [`ClientConfig::persistence`] on and a persistent session (`clean_start` false), the
+//! client's session state is emitted as [`ClientOutput::Store`] operations, the same records
+//! the broker keeps for a session ([`crate::store`]): the session record holds the client's
+//! subscriptions, each QoS 1/2 publish not yet complete is a message and a delivery (queued,
+//! awaiting PUBACK / PUBREC, or awaiting PUBCOMP, with its packet identifier), and each QoS 2
+//! identifier received and acknowledged with PUBREC but not yet released is a release
+//! identifier. The adapter applies them in order and answers [`ClientInput::StoreDone`]; after a
+//! restart, [`Client::restore`] reads them back and the session resumes where the store left
+//! it: publishes complete (with new tokens), in-flight ones are resent with DUP, and a QoS 2
+//! message received before the restart is not delivered twice.
+//!
+//! In [`Persistence::Durable`] mode nothing reaches the wire before what was stored ahead of it
+//! is committed: a PUBLISH goes out once its delivery is on disk, a PUBREL once the PUBREC is,
+//! a PUBREC once the received identifier is, a PUBCOMP once its release is. So a crash at any
+//! moment loses no publish whose store operation was committed, and never makes a QoS 2
+//! message arrive twice. [`Persistence::Periodic`] emits the same operations without waiting.
+//! Clean sessions and QoS 0 messages are never stored.
+//!
+//! With manual acknowledgements (and in the async clients, which acknowledge once the
+//! application has taken a message) a QoS 2 message reaches the application before its
+//! identifier is stored: that happens at [`Client::ack`]. A crash between the two makes the
+//! server send the message again after the restart (with DUP set), and it is delivered again.
 //!
 //! Never: read a clock, touch a socket, panic on server input, or grow without bound.
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::panic)]
@@ -37,11 +64,15 @@ pub use config::{Backoff, ClientConfig};
 use ring::Ring;
 pub use ring::{INFLIGHT_CAPACITY, QUEUE_CAPACITY};
 
+pub use crate::broker::{Persistence, StoreFailure};
 use crate::codec::{
     ConnAck, Connect, ConnectReason, DecodeError, Disconnect, EncodeError, Packet, PacketId,
     Properties, ProtocolVersion, PubAck, PubAckReason, PubRel, PubRelReason, Publish, QoS, SubAck,
     SubAckReason, Subscribe, SubscriptionOptions, UnsubAck, UnsubAckReason, Unsubscribe,
     decode_buf,
+};
+use crate::store::{
+    DeliveryState, StoreOp, StoreSnapshot, StoredDelivery, StoredMessage, StoredSession,
 };
 use crate::string::MqttString;
 use crate::time::Instant;
@@ -80,6 +111,15 @@ pub enum ClientInput {
     TransportDown,
     /// A time given by [`Client::poll_timeout`] was reached.
     Timeout,
+    /// The store committed every [`ClientOutput::Store`] operation up to `seq` (or failed to).
+    /// After a failure the store must commit nothing more until the [`StoreOp::Clear`] the
+    /// client emits next, which starts a rewrite of its whole state.
+    StoreDone {
+        /// The sequence number of the last operation the commit covered.
+        seq: u64,
+        /// The commit's result.
+        result: Result<(), StoreFailure>,
+    },
 }
 
 /// What the caller must do.
@@ -92,6 +132,15 @@ pub enum ClientOutput {
     Transmit(Bytes),
     /// Close the transport once what was transmitted is written.
     CloseTransport,
+    /// Apply this operation to the store, after every earlier one; report commits with
+    /// [`ClientInput::StoreDone`]. Operations drained after one input belong together: commit
+    /// them in one transaction (possibly with others), never split.
+    Store {
+        /// Increases by one with every operation.
+        seq: u64,
+        /// The change.
+        op: StoreOp,
+    },
     /// Something happened.
     Event(ClientEvent),
 }
@@ -148,6 +197,10 @@ pub enum ClientEvent {
     },
     /// The server broke the protocol; the connection was closed.
     ProtocolError(ClientProtocolError),
+    /// A store commit failed. In durable mode the connection was closed (what waited for the
+    /// commit was never sent, and is resent on the next one); the client then rewrites its
+    /// whole state to the store ([`StoreOp::Clear`] and puts).
+    StoreFailed(StoreFailure),
 }
 
 /// A server-side protocol error seen by the client.
@@ -232,6 +285,85 @@ struct Pending {
     id: PacketId,
     request: Request,
     stage: Stage,
+    /// The publish's number in the store (message and delivery), when it is stored.
+    record: Option<u64>,
+}
+
+/// A command waiting for the connection or the window.
+#[derive(Debug, Clone)]
+struct Queued {
+    token: Token,
+    request: Request,
+    /// As [`Pending::record`].
+    record: Option<u64>,
+}
+
+/// Why [`Client::restore`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The client does not persist (persistence off, or a clean session): it would neither
+    /// resume the stored session nor keep it up to date.
+    NotPersistent,
+    /// The client already received input or commands; restore right after [`Client::new`].
+    AlreadyStarted,
+}
+
+impl fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotPersistent => {
+                f.write_str("the client does not persist (persistence off or a clean session)")
+            }
+            Self::AlreadyStarted => f.write_str("restore must come before any input or command"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for RestoreError {}
+
+/// What [`Client::restore`] read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientRestore {
+    /// The restored publishes, oldest first, with the tokens their completion will carry.
+    pub publishes: Vec<(Token, TopicName, QoS)>,
+    /// Of them, those in flight when the store was last written (resent with DUP).
+    pub in_flight: usize,
+    /// Subscriptions restored (made again if the server has lost the session).
+    pub subscriptions: usize,
+    /// QoS 2 identifiers received and not released (a resend of them is not delivered again).
+    pub release_ids: usize,
+    /// Records of other client identifiers, or deliveries whose message is missing: left
+    /// alone.
+    pub ignored: usize,
+    /// Publishes beyond the fixed capacity of the `heapless` build: left in the store, not
+    /// resumed.
+    pub over_capacity: usize,
+}
+
+impl fmt::Display for ClientRestore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} publishes ({} in flight), {} subscriptions, {} QoS 2 identifiers awaiting release",
+            self.publishes.len(),
+            self.in_flight,
+            self.subscriptions,
+            self.release_ids
+        )?;
+        if self.ignored > 0 {
+            write!(f, ", {} records ignored", self.ignored)?;
+        }
+        if self.over_capacity > 0 {
+            write!(
+                f,
+                ", {} publishes over capacity left in the store",
+                self.over_capacity
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The MQTT client state machine. See the [module docs](self).
@@ -251,7 +383,7 @@ pub struct Client {
     /// Sent and awaiting the server's answer, in send order.
     inflight: Ring<Pending, INFLIGHT_CAPACITY>,
     /// Waiting for the connection or the window.
-    queue: Ring<(Token, Request), QUEUE_CAPACITY>,
+    queue: Ring<Queued, QUEUE_CAPACITY>,
     /// Filters subscribed (granted), remade when the server lost the session.
     subscriptions: BTreeMap<TopicFilter, SubscriptionOptions>,
     /// QoS 2 identifiers received whose PUBREL has not arrived, and whether PUBREC was
@@ -268,6 +400,22 @@ pub struct Client {
     reconnect_at: Option<Instant>,
     attempts: u32,
     rng: u64,
+    /// The session is written to a store (persistence on, persistent session).
+    persist: bool,
+    /// Durable mode: the wire waits for commits.
+    durable: bool,
+    /// The store's key for this client (the configured identifier).
+    store_key: MqttString,
+    /// The last `Store` output's sequence number, and the last reported committed.
+    store_seq: u64,
+    committed: u64,
+    /// The `Clear` of the rewrite under way after a failure (failures before it are old news).
+    rewrite_from: u64,
+    /// Durable mode: outputs for the wire waiting for the commit of their sequence number, in
+    /// order.
+    held: VecDeque<(u64, ClientOutput)>,
+    /// The next publish record number.
+    next_record: u64,
 }
 
 impl fmt::Debug for Client {
@@ -310,7 +458,19 @@ impl Client {
             connect_deadline: None,
             reconnect_at: None,
             attempts: 0,
+            persist: false,
+            durable: false,
+            store_key: MqttString::default(),
+            store_seq: 0,
+            committed: 0,
+            rewrite_from: 0,
+            held: VecDeque::new(),
+            next_record: 1,
         };
+        client.persist =
+            client.config.persistence != Persistence::Off && !client.config.clean_start;
+        client.durable = client.persist && client.config.persistence == Persistence::Durable;
+        client.store_key = client.config.client_id.clone();
         client.outputs.push_back(ClientOutput::OpenTransport);
         client
     }
@@ -335,6 +495,121 @@ impl Client {
     /// Commands waiting for the connection or the window.
     pub fn queued_len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Whether the session is written to a store ([`ClientConfig::persistence`] on and a
+    /// persistent session).
+    pub fn persists(&self) -> bool {
+        self.persist
+    }
+
+    /// Whether outputs are waiting for a store commit (durable mode).
+    pub fn awaiting_commit(&self) -> bool {
+        !self.held.is_empty() || (self.durable && self.store_seq > self.committed)
+    }
+
+    // ---- restore ------------------------------------------------------------------------
+
+    /// Resumes the session a store held (what an earlier run emitted as
+    /// [`ClientOutput::Store`] operations and the store committed). Call it right after
+    /// [`Client::new`], before any input or command. Records of other client identifiers are
+    /// ignored.
+    ///
+    /// Restored publishes complete like any other, with the tokens returned here; those that
+    /// were in flight are resent with DUP on the first connection (or as first deliveries if the
+    /// server has lost the session), QoS 2 ones awaiting PUBCOMP with PUBREL.
+    pub fn restore(&mut self, snapshot: StoreSnapshot) -> Result<ClientRestore, RestoreError> {
+        if !self.persist {
+            return Err(RestoreError::NotPersistent);
+        }
+        if self.epoch > 0
+            || self.next_token > 1
+            || self.store_seq > 0
+            || !matches!(self.phase, Phase::Opening | Phase::Down)
+        {
+            return Err(RestoreError::AlreadyStarted);
+        }
+        let mut report = ClientRestore::default();
+        let key = self.store_key.clone();
+        for session in snapshot.sessions {
+            if session.client_id == key {
+                report.subscriptions = session.subscriptions.len();
+                self.subscriptions = session.subscriptions.into_iter().collect();
+            } else {
+                report.ignored += 1;
+            }
+        }
+        for (client_id, packet_id) in snapshot.release_ids {
+            if client_id == key {
+                self.incoming_qos2.insert(packet_id, true);
+                report.release_ids += 1;
+            } else {
+                report.ignored += 1;
+            }
+        }
+        let mut messages: BTreeMap<u64, StoredMessage> = snapshot.messages.into_iter().collect();
+        let mut deliveries: Vec<StoredDelivery> = snapshot.deliveries;
+        deliveries.sort_by_key(|d| d.seq);
+        for delivery in deliveries {
+            let message = if delivery.client_id == key {
+                messages.remove(&delivery.message)
+            } else {
+                None
+            };
+            let Some(message) = message else {
+                report.ignored += 1;
+                continue;
+            };
+            self.next_record = self.next_record.max(delivery.seq.saturating_add(1));
+            let stage = match delivery.state {
+                DeliveryState::Queued => None,
+                DeliveryState::AwaitingAck(id) => Some((id, Stage::AwaitingAck)),
+                DeliveryState::AwaitingComp(id) => Some((id, Stage::AwaitingComp)),
+            };
+            let publish = Publish {
+                dup: false,
+                qos: delivery.qos,
+                retain: delivery.retain,
+                topic: message.topic,
+                packet_id: stage.map(|(id, _)| id),
+                properties: message.properties,
+                payload: message.payload,
+            };
+            let (topic, qos) = (publish.topic.clone(), publish.qos);
+            let token = Token(self.next_token);
+            let request = Request::Publish(publish);
+            let record = Some(delivery.seq);
+            let placed = match stage {
+                Some((id, stage)) => self
+                    .inflight
+                    .push_back(Pending {
+                        token,
+                        id,
+                        request,
+                        stage,
+                        record,
+                    })
+                    .is_ok(),
+                None => self
+                    .queue
+                    .push_back(Queued {
+                        token,
+                        request,
+                        record,
+                    })
+                    .is_ok(),
+            };
+            if placed {
+                self.next_token += 1;
+                report.in_flight += usize::from(stage.is_some());
+                report.publishes.push((token, topic, qos));
+            } else {
+                report.over_capacity += 1;
+            }
+        }
+        // Messages no delivery of ours refers to.
+        report.ignored += messages.len();
+        Ok(report)
     }
 
     // ---- commands -----------------------------------------------------------------------
@@ -415,7 +690,14 @@ impl Client {
                     // PUBREL came already (the exchange is over) or never will.
                     return Ok(());
                 };
+                if *acked {
+                    return Ok(());
+                }
                 *acked = true;
+                self.store(StoreOp::PutReleaseId {
+                    client_id: self.store_key.clone(),
+                    packet_id: ack.id,
+                });
                 if connected {
                     self.send(&Packet::PubRec(PubAck::success(ack.id)));
                 }
@@ -426,16 +708,27 @@ impl Client {
     }
 
     /// Sends DISCONNECT and closes; the client makes no more connections.
+    ///
+    /// In durable mode, packets still waiting for a commit are not sent: the stored session
+    /// sends them on the next connection.
     pub fn disconnect(&mut self, now: Instant) {
         self.advance(now);
+        self.drop_held();
         if self.phase == Phase::Connected {
-            self.send(&Packet::Disconnect(Disconnect::normal()));
+            // Goes out now, whatever the store is doing.
+            let mut bytes = BytesMut::new();
+            if Packet::Disconnect(Disconnect::normal())
+                .encode(self.config.version, &mut bytes)
+                .is_ok()
+            {
+                self.outputs
+                    .push_back(ClientOutput::Transmit(bytes.freeze()));
+            }
         }
         if matches!(
             self.phase,
             Phase::Connected | Phase::Connecting | Phase::Opening
         ) {
-            self.flush();
             self.outputs.push_back(ClientOutput::CloseTransport);
         }
         self.phase = Phase::Stopped;
@@ -452,6 +745,7 @@ impl Client {
             ClientInput::Received(data) => self.received(&data),
             ClientInput::TransportDown => self.transport_down(false),
             ClientInput::Timeout => self.timeout(),
+            ClientInput::StoreDone { seq, result } => self.store_done(seq, result),
         }
     }
 
@@ -493,13 +787,172 @@ impl Client {
     fn flush(&mut self) {
         if !self.out.is_empty() {
             let data = self.out.split().freeze();
-            self.outputs.push_back(ClientOutput::Transmit(data));
+            self.ordered(ClientOutput::Transmit(data));
         }
     }
 
     fn event(&mut self, event: ClientEvent) {
         self.flush();
         self.outputs.push_back(ClientOutput::Event(event));
+    }
+
+    /// Emits an output that must not overtake the store: in durable mode, while operations
+    /// emitted before it are uncommitted (or something is already held), it waits in `held`.
+    fn ordered(&mut self, output: ClientOutput) {
+        if self.durable && (self.store_seq > self.committed || !self.held.is_empty()) {
+            self.held.push_back((self.store_seq, output));
+        } else {
+            self.outputs.push_back(output);
+        }
+    }
+
+    /// Drops what waits for a commit along with the transport it was for (what is lost is
+    /// resent from the session state on the next transport).
+    fn drop_held(&mut self) {
+        if self.durable && self.store_seq > self.committed {
+            self.out.clear();
+        }
+        self.held
+            .retain(|(_, o)| matches!(o, ClientOutput::Event(_)));
+    }
+
+    // ---- persistence --------------------------------------------------------------------
+
+    /// Emits a store operation (nothing when the client does not persist). What was written
+    /// before it goes out at the earlier commit mark; what is written after waits for this one.
+    fn store(&mut self, op: StoreOp) {
+        if !self.persist {
+            return;
+        }
+        self.flush();
+        self.store_seq += 1;
+        self.outputs.push_back(ClientOutput::Store {
+            seq: self.store_seq,
+            op,
+        });
+    }
+
+    fn delivery(&self, record: u64, publish: &Publish, state: DeliveryState) -> StoredDelivery {
+        StoredDelivery {
+            client_id: self.store_key.clone(),
+            seq: record,
+            message: record,
+            qos: publish.qos,
+            retain: publish.retain,
+            state,
+        }
+    }
+
+    /// Stores where a started publish stands (awaiting PUBACK / PUBREC, or PUBCOMP).
+    fn store_pending(&mut self, pending: &Pending) {
+        let (Some(record), Request::Publish(publish)) = (pending.record, &pending.request) else {
+            return;
+        };
+        let state = match pending.stage {
+            Stage::AwaitingAck => DeliveryState::AwaitingAck(pending.id),
+            Stage::AwaitingComp => DeliveryState::AwaitingComp(pending.id),
+        };
+        let delivery = self.delivery(record, publish, state);
+        self.store(StoreOp::PutDelivery(delivery));
+    }
+
+    /// A publish is complete: its records go.
+    fn forget_record(&mut self, record: Option<u64>) {
+        if let Some(record) = record {
+            self.store(StoreOp::DeleteDelivery {
+                client_id: self.store_key.clone(),
+                seq: record,
+            });
+            self.store(StoreOp::DeleteMessage { id: record });
+        }
+    }
+
+    fn session_record(&self) -> StoredSession {
+        StoredSession {
+            client_id: self.store_key.clone(),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, o)| (f.clone(), *o))
+                .collect(),
+        }
+    }
+
+    fn store_session(&mut self) {
+        let session = self.session_record();
+        self.store(StoreOp::PutSession(session));
+    }
+
+    fn store_done(&mut self, seq: u64, result: Result<(), StoreFailure>) {
+        if !self.persist {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.committed = self.committed.max(seq.min(self.store_seq));
+                while let Some((need, _)) = self.held.front() {
+                    if *need > self.committed {
+                        break;
+                    }
+                    if let Some((_, output)) = self.held.pop_front() {
+                        self.outputs.push_back(output);
+                    }
+                }
+            }
+            // A failure of something before the rewrite under way changes nothing more.
+            Err(_) if seq < self.rewrite_from => {}
+            Err(failure) => {
+                self.event(ClientEvent::StoreFailed(failure));
+                if self.durable && matches!(self.phase, Phase::Connected | Phase::Connecting) {
+                    // What waited for the commit must not go out; the session state in
+                    // memory is resent on the next transport, once rewritten.
+                    self.drop_held();
+                    self.transport_down(true);
+                }
+                self.rewrite();
+            }
+        }
+    }
+
+    /// Writes the whole session state again, after a failed commit.
+    fn rewrite(&mut self) {
+        let mut ops = Vec::new();
+        if !self.subscriptions.is_empty() {
+            ops.push(StoreOp::PutSession(self.session_record()));
+        }
+        let started = self.inflight.iter().filter_map(|p| {
+            let state = match p.stage {
+                Stage::AwaitingAck => DeliveryState::AwaitingAck(p.id),
+                Stage::AwaitingComp => DeliveryState::AwaitingComp(p.id),
+            };
+            Some((p.record?, &p.request, state))
+        });
+        let waiting = self
+            .queue
+            .iter()
+            .filter_map(|q| Some((q.record?, &q.request, DeliveryState::Queued)));
+        for (record, request, state) in started.chain(waiting) {
+            if let Request::Publish(publish) = request {
+                ops.push(StoreOp::PutMessage {
+                    id: record,
+                    message: stored_message(publish),
+                });
+                ops.push(StoreOp::PutDelivery(self.delivery(record, publish, state)));
+            }
+        }
+        for (id, acked) in &self.incoming_qos2 {
+            if *acked {
+                ops.push(StoreOp::PutReleaseId {
+                    client_id: self.store_key.clone(),
+                    packet_id: *id,
+                });
+            }
+        }
+        self.store(StoreOp::Clear);
+        self.rewrite_from = self.store_seq;
+        for op in ops {
+            self.store(op);
+        }
     }
 
     fn send(&mut self, packet: &Packet) {
@@ -547,9 +1000,30 @@ impl Client {
         if self.queue.len() >= self.config.max_queued {
             return Err(ClientError::QueueFull);
         }
+        let ops = match &request {
+            Request::Publish(p) if self.persist && p.qos != QoS::AtMostOnce => {
+                let record = self.next_record;
+                let delivery = self.delivery(record, p, DeliveryState::Queued);
+                Some((record, stored_message(p), delivery))
+            }
+            _ => None,
+        };
         let token = self.token();
-        if self.queue.push_back((token, request)).is_err() {
+        let queued = Queued {
+            token,
+            request,
+            record: ops.as_ref().map(|(record, ..)| *record),
+        };
+        if self.queue.push_back(queued).is_err() {
             return Err(ClientError::QueueFull);
+        }
+        if let Some((record, message, delivery)) = ops {
+            self.next_record += 1;
+            self.store(StoreOp::PutMessage {
+                id: record,
+                message,
+            });
+            self.store(StoreOp::PutDelivery(delivery));
         }
         self.drain_queue();
         Ok(token)
@@ -559,13 +1033,13 @@ impl Client {
     fn drain_queue(&mut self) {
         if self.resubscribe_pending
             && self.phase == Phase::Connected
-            && self.queue.len() < Ring::<(Token, Request), QUEUE_CAPACITY>::capacity()
+            && self.queue.len() < Ring::<Queued, QUEUE_CAPACITY>::capacity()
         {
             self.resubscribe_pending = false;
             self.resubscribe();
         }
         while self.phase == Phase::Connected {
-            let Some((_, front)) = self.queue.front() else {
+            let Some(Queued { request: front, .. }) = self.queue.front() else {
                 return;
             };
             let needs_window = matches!(front, Request::Publish(p) if p.qos != QoS::AtMostOnce);
@@ -577,14 +1051,19 @@ impl Client {
             if needs_slot && self.inflight.len() >= Ring::<Pending, INFLIGHT_CAPACITY>::capacity() {
                 return;
             }
-            let Some((token, request)) = self.queue.pop_front() else {
+            let Some(queued) = self.queue.pop_front() else {
                 return;
             };
-            self.start(token, request);
+            self.start(queued);
         }
     }
 
-    fn start(&mut self, token: Token, request: Request) {
+    fn start(&mut self, queued: Queued) {
+        let Queued {
+            token,
+            request,
+            record,
+        } = queued;
         match request {
             Request::Publish(mut publish) if publish.qos == QoS::AtMostOnce => {
                 publish.packet_id = None;
@@ -605,7 +1084,9 @@ impl Client {
                     id,
                     request,
                     stage: Stage::AwaitingAck,
+                    record,
                 };
+                self.store_pending(&pending);
                 self.transmit_pending(&pending, false);
                 // Room was checked by `drain_queue`.
                 let _ = self.inflight.push_back(pending);
@@ -666,6 +1147,7 @@ impl Client {
         if matches!(self.phase, Phase::Down | Phase::Stopped) {
             return;
         }
+        self.drop_held();
         if close {
             self.flush();
             self.outputs.push_back(ClientOutput::CloseTransport);
@@ -771,7 +1253,12 @@ impl Client {
             Packet::PubAck(ack) => self.puback(ack.packet_id, ack.reason),
             Packet::PubRec(rec) => self.pubrec(rec.packet_id, rec.reason),
             Packet::PubRel(rel) => {
-                self.incoming_qos2.remove(&rel.packet_id);
+                if self.incoming_qos2.remove(&rel.packet_id) == Some(true) {
+                    self.store(StoreOp::DeleteReleaseId {
+                        client_id: self.store_key.clone(),
+                        packet_id: rel.packet_id,
+                    });
+                }
                 // 3.1.1 [MQTT-4.3.3-2]: PUBCOMP, and the identifier is free again.
                 self.send(&Packet::PubComp(PubRel::success(rel.packet_id)));
             }
@@ -825,7 +1312,15 @@ impl Client {
         if !session_present {
             // The server has no state for us: QoS 2 exchanges it was receiving are gone,
             // acknowledgements owed to it are void, and our subscriptions must be made again.
-            self.incoming_qos2.clear();
+            let released = core::mem::take(&mut self.incoming_qos2);
+            for (packet_id, acked) in released {
+                if acked {
+                    self.store(StoreOp::DeleteReleaseId {
+                        client_id: self.store_key.clone(),
+                        packet_id,
+                    });
+                }
+            }
             self.session += 1;
             self.resubscribe();
         }
@@ -847,6 +1342,7 @@ impl Client {
                 .collect();
             for id in released {
                 if let Some(p) = self.take_pending(id, |p| p.stage == Stage::AwaitingComp) {
+                    self.forget_record(p.record);
                     self.event(ClientEvent::Published {
                         token: p.token,
                         reason: PubAckReason::Success,
@@ -871,7 +1367,7 @@ impl Client {
         // and filters being unsubscribed are not made again behind their UNSUBSCRIBE.
         let mut already: BTreeSet<&TopicFilter> = BTreeSet::new();
         let requests = self.inflight.iter().map(|p| &p.request);
-        for request in requests.chain(self.queue.iter().map(|(_, r)| r)) {
+        for request in requests.chain(self.queue.iter().map(|q| &q.request)) {
             match request {
                 Request::Subscribe(filters, _) => already.extend(filters.iter().map(|(f, _)| f)),
                 Request::Unsubscribe(filters, _) => already.extend(filters.iter()),
@@ -889,8 +1385,12 @@ impl Client {
         }
         // Remade ahead of anything queued; completion is reported with an internal token.
         let token = self.token();
-        let request = Request::Subscribe(filters, Properties::new());
-        if self.queue.push_front((token, request)).is_err() {
+        let queued = Queued {
+            token,
+            request: Request::Subscribe(filters, Properties::new()),
+            record: None,
+        };
+        if self.queue.push_front(queued).is_err() {
             // A full fixed-capacity queue: resubscribe as soon as it has room.
             self.resubscribe_pending = true;
         }
@@ -918,16 +1418,25 @@ impl Client {
                 }
                 self.incoming_qos2.insert(a.id, !manual);
                 if !manual {
+                    self.store(StoreOp::PutReleaseId {
+                        client_id: self.store_key.clone(),
+                        packet_id: a.id,
+                    });
                     self.send(&Packet::PubRec(PubAck::success(a.id)));
                 }
             }
             Some(a) if !manual => self.send(&Packet::PubAck(PubAck::success(a.id))),
             _ => {}
         }
-        self.event(ClientEvent::Message(Box::new(IncomingMessage {
-            publish,
-            ack: if manual { ack } else { None },
-        })));
+        // In durable mode not before what was stored ahead of it (its QoS 2 identifier) is
+        // committed: after a crash before that, the server's resend is delivered instead.
+        self.flush();
+        self.ordered(ClientOutput::Event(ClientEvent::Message(Box::new(
+            IncomingMessage {
+                publish,
+                ack: if manual { ack } else { None },
+            },
+        ))));
     }
 
     fn take_pending(&mut self, id: PacketId, want: impl Fn(&Pending) -> bool) -> Option<Pending> {
@@ -939,6 +1448,7 @@ impl Client {
         let qos1 =
             |p: &Pending| matches!(&p.request, Request::Publish(x) if x.qos == QoS::AtLeastOnce);
         if let Some(p) = self.take_pending(id, qos1) {
+            self.forget_record(p.record);
             self.event(ClientEvent::Published {
                 token: p.token,
                 reason,
@@ -955,6 +1465,7 @@ impl Client {
         if reason.is_error() {
             // 5.0: a failed PUBREC ends the exchange.
             if let Some(p) = self.take_pending(id, qos2) {
+                self.forget_record(p.record);
                 self.event(ClientEvent::Published {
                     token: p.token,
                     reason,
@@ -963,8 +1474,24 @@ impl Client {
             }
             return;
         }
+        let mut stored = None;
         if let Some(p) = self.inflight.iter_mut().find(|p| p.id == id && qos2(p)) {
             p.stage = Stage::AwaitingComp;
+            if let (Some(record), Request::Publish(publish)) = (p.record, &p.request) {
+                stored = Some(StoredDelivery {
+                    client_id: self.store_key.clone(),
+                    seq: record,
+                    message: record,
+                    qos: publish.qos,
+                    retain: publish.retain,
+                    state: DeliveryState::AwaitingComp(id),
+                });
+            }
+        }
+        if let Some(delivery) = stored {
+            // The PUBREL below waits for this in durable mode: a restart resends PUBREL,
+            // never the PUBLISH (which the server would take for a new message).
+            self.store(StoreOp::PutDelivery(delivery));
         }
         // 3.1.1 [MQTT-4.3.3-1]: PUBREL answers PUBREC (also for one we no longer track).
         self.send(&Packet::PubRel(PubRel::success(id)));
@@ -973,6 +1500,7 @@ impl Client {
     fn pubcomp(&mut self, id: PacketId, _reason: PubRelReason) {
         let done = |p: &Pending| p.stage == Stage::AwaitingComp;
         if let Some(p) = self.take_pending(id, done) {
+            self.forget_record(p.record);
             self.event(ClientEvent::Published {
                 token: p.token,
                 reason: PubAckReason::Success,
@@ -992,6 +1520,7 @@ impl Client {
                     self.subscriptions.insert(filter.clone(), *options);
                 }
             }
+            self.store_session();
         }
         self.event(ClientEvent::Subscribed {
             token: p.token,
@@ -1009,12 +1538,23 @@ impl Client {
             for filter in filters {
                 self.subscriptions.remove(filter);
             }
+            self.store_session();
         }
         self.event(ClientEvent::Unsubscribed {
             token: p.token,
             reasons: ack.reasons,
         });
         self.drain_queue();
+    }
+}
+
+/// A publish as the store keeps it.
+fn stored_message(publish: &Publish) -> StoredMessage {
+    StoredMessage {
+        topic: publish.topic.clone(),
+        qos: publish.qos,
+        properties: publish.properties.clone(),
+        payload: publish.payload.clone(),
     }
 }
 

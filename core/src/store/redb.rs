@@ -65,6 +65,7 @@
 //! empty store takes its place.
 
 use alloc::borrow::ToOwned;
+use alloc::boxed::Box;
 use alloc::collections::BTreeSet;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -84,7 +85,11 @@ use redb::{
     ReadableTable, TableDefinition, TableError, Value,
 };
 
-use super::{DeliveryState, StoreOp, StoreSnapshot, StoredDelivery, StoredMessage, StoredSession};
+use super::{
+    DeliveryState, DoneFn, StoreOp, StoreSetup, StoreSink, StoreSnapshot, StoredDelivery,
+    StoredMessage, StoredSession,
+};
+use crate::broker::StoreFailure;
 use crate::codec::{
     FixedHeader, Packet, PacketId, PacketType, Properties, PropertyContext, ProtocolVersion, QoS,
     RetainHandling, SubscriptionOptions, decode_body,
@@ -1824,6 +1829,84 @@ impl StoreWorker {
 impl Drop for StoreWorker {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+/// What [`setup`] calls once the worker has stopped: its counters and how its last commit (or
+/// closing the file) went. Adapters log it.
+pub type OnClose = Box<dyn FnOnce(WorkerStats, Result<(), StoreError>) + Send>;
+
+/// Why [`setup`] failed; the messages name the file and what to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The file could not be opened.
+    Open(OpenError),
+    /// The file opened but its records could not be read.
+    Load(LoadError),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Open(e) => write!(f, "{e}"),
+            Self::Load(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// Opens the store in `dir` (creating it), compacts it, reads it, and returns what an adapter
+/// needs to run a broker or a client on it: the snapshot to restore, and the start of a
+/// [`StoreWorker`] with `policy` as the adapter's [`StoreSink`]. A failed compaction is not an
+/// error (the store stays uncompacted); `on_close` hears how the worker ended.
+pub fn setup(
+    dir: &Path,
+    policy: CommitPolicy,
+    on_close: OnClose,
+) -> Result<StoreSetup, SetupError> {
+    let mut store = RedbStore::open(dir).map_err(SetupError::Open)?;
+    // Compaction only returns space to the file system: failing it loses nothing.
+    let _ = store.compact();
+    let snapshot = store.load().map_err(SetupError::Load)?;
+    let start = move |done: DoneFn| -> Box<dyn StoreSink> {
+        let worker = StoreWorker::spawn(store, policy, move |report| {
+            let result = report.result.map_err(|e| StoreFailure(e.to_string()));
+            done(report.seq, result);
+        });
+        Box::new(WorkerSink {
+            worker: Some(worker),
+            on_close: Some(on_close),
+        })
+    };
+    Ok(StoreSetup {
+        snapshot,
+        start: Box::new(start),
+    })
+}
+
+/// A [`StoreWorker`] as an adapter's [`StoreSink`].
+struct WorkerSink {
+    worker: Option<StoreWorker>,
+    on_close: Option<OnClose>,
+}
+
+impl StoreSink for WorkerSink {
+    fn submit(&mut self, ops: Vec<(u64, StoreOp)>) {
+        if let Some(worker) = &self.worker {
+            worker.submit_batch(ops);
+        }
+    }
+
+    fn close(mut self: Box<Self>) {
+        if let Some(worker) = self.worker.take() {
+            let stats = worker.stats();
+            let result = worker.close();
+            if let Some(on_close) = self.on_close.take() {
+                on_close(stats, result);
+            }
+        }
     }
 }
 

@@ -589,6 +589,8 @@ impl CoreSimClient {
                     ctx.actions.push(Action::Fin);
                 }
                 ClientOutput::Event(event) => self.on_event(ctx, event),
+                // The simulated clients do not persist.
+                ClientOutput::Store { .. } => {}
             }
         }
     }

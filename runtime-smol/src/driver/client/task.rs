@@ -321,6 +321,8 @@ impl<R: TcpRuntime> Task<R> {
                     self.transport += 1;
                 }
                 ClientOutput::Event(event) => self.event(event),
+                // Persistence arrives with Client::connect_with_store.
+                ClientOutput::Store { .. } => {}
             }
         }
         self.stopped
