@@ -271,7 +271,7 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let client_id = r.string()?;
     let will = if will_flag {
         let properties = properties_for_will(r, v5)?;
-        let topic = TopicName::new(r.string()?).map_err(DecodeError::InvalidTopicName)?;
+        let topic = r.topic_name(DecodeError::InvalidTopicName)?;
         let payload = r.binary()?;
         Some(Will {
             topic,

@@ -508,43 +508,77 @@ impl Property {
         }
     }
 
+    /// Reads the value of property `id` and checks it as [`Self::is_valid_value`] does, in the
+    /// same `match`: the checks that can fail on the wire are the numeric ones (flags, values
+    /// that must not be 0); a string or binary value read from a two-byte length is valid once
+    /// read.
+    #[inline]
     fn read(id: PropertyId, r: &mut Reader) -> Result<Self, DecodeError> {
+        let invalid = DecodeError::InvalidPropertyValue { id };
+        let flag = |v: u8| if v <= 1 { Ok(v) } else { Err(invalid) };
+        let non_zero_u16 = |v: u16| if v != 0 { Ok(v) } else { Err(invalid) };
         Ok(match id {
-            PropertyId::PayloadFormatIndicator => Self::PayloadFormatIndicator(r.u8()?),
+            PropertyId::PayloadFormatIndicator => Self::PayloadFormatIndicator(flag(r.u8()?)?),
             PropertyId::MessageExpiryInterval => Self::MessageExpiryInterval(r.u32()?),
-            PropertyId::ContentType => Self::ContentType(r.string()?),
-            PropertyId::ResponseTopic => Self::ResponseTopic(
-                TopicName::new(r.string()?).map_err(DecodeError::InvalidResponseTopic)?,
-            ),
+            PropertyId::ContentType
+            | PropertyId::AssignedClientIdentifier
+            | PropertyId::AuthenticationMethod
+            | PropertyId::ResponseInformation
+            | PropertyId::ServerReference
+            | PropertyId::ReasonString => Self::string_value(id, r.string()?),
+            PropertyId::ResponseTopic => {
+                Self::ResponseTopic(r.topic_name(DecodeError::InvalidResponseTopic)?)
+            }
             PropertyId::CorrelationData => Self::CorrelationData(r.binary()?),
-            PropertyId::SubscriptionIdentifier => Self::SubscriptionIdentifier(r.var_int()?),
+            PropertyId::SubscriptionIdentifier => match r.var_int()? {
+                0 => return Err(invalid),
+                v => Self::SubscriptionIdentifier(v),
+            },
             PropertyId::SessionExpiryInterval => Self::SessionExpiryInterval(r.u32()?),
-            PropertyId::AssignedClientIdentifier => Self::AssignedClientIdentifier(r.string()?),
             PropertyId::ServerKeepAlive => Self::ServerKeepAlive(r.u16()?),
-            PropertyId::AuthenticationMethod => Self::AuthenticationMethod(r.string()?),
             PropertyId::AuthenticationData => Self::AuthenticationData(r.binary()?),
-            PropertyId::RequestProblemInformation => Self::RequestProblemInformation(r.u8()?),
+            PropertyId::RequestProblemInformation => {
+                Self::RequestProblemInformation(flag(r.u8()?)?)
+            }
             PropertyId::WillDelayInterval => Self::WillDelayInterval(r.u32()?),
-            PropertyId::RequestResponseInformation => Self::RequestResponseInformation(r.u8()?),
-            PropertyId::ResponseInformation => Self::ResponseInformation(r.string()?),
-            PropertyId::ServerReference => Self::ServerReference(r.string()?),
-            PropertyId::ReasonString => Self::ReasonString(r.string()?),
-            PropertyId::ReceiveMaximum => Self::ReceiveMaximum(r.u16()?),
+            PropertyId::RequestResponseInformation => {
+                Self::RequestResponseInformation(flag(r.u8()?)?)
+            }
+            PropertyId::ReceiveMaximum => Self::ReceiveMaximum(non_zero_u16(r.u16()?)?),
             PropertyId::TopicAliasMaximum => Self::TopicAliasMaximum(r.u16()?),
-            PropertyId::TopicAlias => Self::TopicAlias(r.u16()?),
-            PropertyId::MaximumQoS => Self::MaximumQoS(r.u8()?),
-            PropertyId::RetainAvailable => Self::RetainAvailable(r.u8()?),
+            PropertyId::TopicAlias => Self::TopicAlias(non_zero_u16(r.u16()?)?),
+            PropertyId::MaximumQoS => Self::MaximumQoS(flag(r.u8()?)?),
+            PropertyId::RetainAvailable => Self::RetainAvailable(flag(r.u8()?)?),
             // 5.0 [MQTT-1.5.7-1]: both halves of the pair follow the string rules.
             PropertyId::UserProperty => Self::UserProperty(r.string()?, r.string()?),
-            PropertyId::MaximumPacketSize => Self::MaximumPacketSize(r.u32()?),
+            PropertyId::MaximumPacketSize => match r.u32()? {
+                0 => return Err(invalid),
+                v => Self::MaximumPacketSize(v),
+            },
             PropertyId::WildcardSubscriptionAvailable => {
-                Self::WildcardSubscriptionAvailable(r.u8()?)
+                Self::WildcardSubscriptionAvailable(flag(r.u8()?)?)
             }
             PropertyId::SubscriptionIdentifierAvailable => {
-                Self::SubscriptionIdentifierAvailable(r.u8()?)
+                Self::SubscriptionIdentifierAvailable(flag(r.u8()?)?)
             }
-            PropertyId::SharedSubscriptionAvailable => Self::SharedSubscriptionAvailable(r.u8()?),
+            PropertyId::SharedSubscriptionAvailable => {
+                Self::SharedSubscriptionAvailable(flag(r.u8()?)?)
+            }
         })
+    }
+
+    /// The property `id` holding the string `s`, for the identifiers whose value is a plain
+    /// UTF-8 string (one read path for all of them).
+    #[inline]
+    fn string_value(id: PropertyId, s: MqttString) -> Self {
+        match id {
+            PropertyId::ContentType => Self::ContentType(s),
+            PropertyId::AssignedClientIdentifier => Self::AssignedClientIdentifier(s),
+            PropertyId::AuthenticationMethod => Self::AuthenticationMethod(s),
+            PropertyId::ResponseInformation => Self::ResponseInformation(s),
+            PropertyId::ServerReference => Self::ServerReference(s),
+            _ => Self::ReasonString(s),
+        }
     }
 }
 
@@ -739,11 +773,9 @@ impl Properties {
                 return Err(DecodeError::DuplicateProperty { id });
             }
             seen |= bit;
-            let property = Property::read(id, body)?;
-            if !property.is_valid_value() {
-                return Err(DecodeError::InvalidPropertyValue { id });
-            }
-            list.push(property);
+            // Checked as it is read: `Property::read` refuses the values
+            // `Property::is_valid_value` would.
+            list.push(Property::read(id, body)?);
         }
         r.unlimit(outer);
         Ok(Self(list))

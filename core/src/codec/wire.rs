@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes};
 
 use super::DecodeError;
 use crate::string::MqttString;
+use crate::topic::{TopicError, TopicName};
 
 /// Largest value a Variable Byte Integer can hold (four bytes).
 pub const MAX_VAR_INT: u32 = 268_435_455;
@@ -199,6 +200,24 @@ impl Reader {
         crate::string::check_length_and_nul(self.peek(range.clone()))
             .map_err(DecodeError::InvalidString)?;
         MqttString::from_prechecked(self.share(range)).map_err(DecodeError::InvalidString)
+    }
+
+    /// Two-byte length, then a topic name: the string and topic-name rules (U+0000, wildcards,
+    /// not empty) in one scan of the borrowed bytes, then the UTF-8. A broken string rule is
+    /// [`DecodeError::InvalidString`], as for every string; a broken topic-name rule goes
+    /// through `topic_error`.
+    #[inline]
+    pub(crate) fn topic_name(
+        &mut self,
+        topic_error: fn(TopicError) -> DecodeError,
+    ) -> Result<TopicName, DecodeError> {
+        let range = self.binary_range()?;
+        let wrap = |e| match e {
+            TopicError::String(e) => DecodeError::InvalidString(e),
+            e => topic_error(e),
+        };
+        TopicName::check_wire(self.peek(range.clone())).map_err(wrap)?;
+        TopicName::from_checked_wire(self.share(range)).map_err(wrap)
     }
 
     /// Limits reading to the next `len` bytes (a property list); returns the previous limit
