@@ -128,6 +128,12 @@ pub struct ConnectArgs {
     /// Name the server certificate must carry (default: the host).
     #[arg(long = "tls-server-name", value_name = "NAME", requires = "cafile")]
     pub tls_server_name: Option<String>,
+    /// Persist the client's session in DIR (the redb file store, each change committed before
+    /// the packet that depends on it is sent; needs -c): keeps unfinished QoS 1/2 publishes
+    /// (pub) and received QoS 2 state (sub) across a restart of surgemq-client, even kill -9.
+    /// A pub resends what it had not finished before its new messages.
+    #[arg(long = "data-dir", value_name = "DIR", requires = "persistent")]
+    pub data_dir: Option<PathBuf>,
     /// Give up after this many seconds (exit code 27).
     #[arg(short = 'W', long = "timeout", value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -357,6 +363,24 @@ mod tests {
         assert!(parse(&["-m", "x", "-n"]).is_err());
         assert!(parse(&["-l"]).is_ok());
         assert!(parse(&["-m", "x", "-q", "3"]).is_err());
+    }
+
+    #[test]
+    fn data_dir_needs_a_persistent_session() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["surgemq-client", "pub", "-t", "a", "-l", "--data-dir", "d"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        assert!(parse(&[]).is_err());
+        let cli = parse(&["-c", "-i", "me"]).unwrap();
+        let Command::Pub(pub_args) = cli.command else {
+            panic!("not pub");
+        };
+        assert_eq!(pub_args.connect.data_dir, Some(PathBuf::from("d")));
+        assert!(
+            Cli::try_parse_from(["surgemq-client", "sub", "-t", "a", "--data-dir", "d"]).is_err()
+        );
     }
 
     #[test]

@@ -1,14 +1,19 @@
 //! `pub` and `sub` on the selected runtime's async client ([`crate::runtime`]): connect, publish or subscribe,
 //! print like mosquitto_sub, disconnect. Runs inside whatever runtime `crate::runtime` started.
+//! With `--data-dir` the client's session lives in the redb file store there
+//! ([`surgemq_core::store::redb`], durable: group commits), resumed at start.
 //!
 //! Never: speak MQTT itself (the client does), or wait without a bound when `-W` is given.
 
 use std::io::{BufRead as _, Read as _};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use surgemq_core::client::IncomingMessage;
 use surgemq_core::codec::SubscriptionOptions;
+use surgemq_core::store::StoreSetup;
+use surgemq_core::store::redb::{self, CommitPolicy, OnClose};
 use surgemq_core::topic::{TopicFilter, TopicName};
 use tokio::sync::mpsc;
 
@@ -48,29 +53,55 @@ async fn connect(args: &ConnectArgs, role: &str) -> Result<(Client, Messages, Tr
     if let Some((tls, name)) = connection.tls {
         client_options = client_options.with_tls(tls, name);
     }
+    let store = args.data_dir.as_deref().map(open_store).transpose()?;
     // The async client answers `connect` only on CONNACK or on a failed TCP/TLS connect; a
     // connection closed before CONNACK (e.g. a TLS listener refusing a client without a
     // certificate) would leave it waiting, so bound it.
     let limit = client_options.config.connect_timeout + Duration::from_secs(1);
     let address = client_options.address.clone();
-    let (client, messages) =
-        runtime::timeout_at(Instant::now() + limit, Client::connect(client_options))
-            .await
-            .ok_or_else(|| {
-                Failure::failed(format!(
-                    "no CONNACK from {address} within {limit:?}: the connection was closed or \
+    let connecting = async {
+        match store {
+            None => Client::connect(client_options)
+                .await
+                .map(|(client, messages)| (client, messages, None)),
+            Some(store) => Client::connect_with_store(client_options, store)
+                .await
+                .map(|(client, messages, report)| (client, messages, Some(report))),
+        }
+    };
+    let (client, messages, report) = runtime::timeout_at(Instant::now() + limit, connecting)
+        .await
+        .ok_or_else(|| {
+            Failure::failed(format!(
+                "no CONNACK from {address} within {limit:?}: the connection was closed or \
                  the broker did not answer"
-                ))
-            })?
-            .map_err(|e| match e {
-                AsyncClientError::Refused(reason) => {
-                    Failure::refused(format!("Connection Refused: {reason:?}"))
-                }
-                AsyncClientError::Io(e) => Failure::failed(capitalize(&e.to_string())),
-                other => Failure::failed(other.to_string()),
-            })?;
+            ))
+        })?
+        .map_err(|e| match e {
+            AsyncClientError::Refused(reason) => {
+                Failure::refused(format!("Connection Refused: {reason:?}"))
+            }
+            AsyncClientError::Io(e) => Failure::failed(capitalize(&e.to_string())),
+            other => Failure::failed(other.to_string()),
+        })?;
+    if let (Some(dir), Some(report)) = (&args.data_dir, report) {
+        trace.log(format_args!("restored from {}: {report}", dir.display()));
+    }
     trace.log(format_args!("received CONNACK"));
     Ok((client, messages, trace))
+}
+
+/// `--data-dir`: opens (creating) the store in `dir`; commits in groups, each one before what
+/// depends on it goes on the wire (durable, the async client's default with a store).
+fn open_store(dir: &Path) -> Result<StoreSetup, Failure> {
+    let shown = dir.display().to_string();
+    let on_close: OnClose = Box::new(move |_, result| {
+        if let Err(e) = result {
+            eprintln!("Error: the last commit to the store in {shown} failed: {e}");
+        }
+    });
+    redb::setup(dir, CommitPolicy::Group, on_close)
+        .map_err(|e| Failure::failed(format!("cannot open the store in {}: {e}", dir.display())))
 }
 
 /// "connection refused" → "Connection refused", as mosquitto prints it.

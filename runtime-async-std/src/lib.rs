@@ -23,6 +23,8 @@
 //! The client is `surgemq-tokio`'s API on async-std: [`Client::connect`] gives a `Clone + Send`
 //! handle whose `publish`, `subscribe` and `unsubscribe` resolve on completion, and a
 //! [`Messages`] stream; see `examples/client.rs`.
+//! [`Client::connect_with_store`](driver::Client::connect_with_store) keeps its persistent
+//! session in a store ([`StoreSetup`]) across restarts of the process.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -35,7 +37,8 @@ use surgemq_smol::driver::{self, Runtime, TcpRuntime};
 
 pub use surgemq_smol::{
     AckToken, AsyncClientError, AuthRequest, AuthVerdict, Authenticator, BrokerConfig,
-    ClientConfig, ClientOptions, IncomingMessage, Listener, Messages, ShutdownHandle, rustls,
+    ClientConfig, ClientOptions, ClientRestore, IncomingMessage, Listener, Messages, Persistence,
+    RestoreError, ShutdownHandle, StoreSetup, rustls,
 };
 
 /// A broker server on async-std, not yet bound: [`driver::Server`] on [`AsyncStd`].

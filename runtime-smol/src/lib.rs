@@ -23,6 +23,9 @@
 //! The client ([`Client::connect`]) gives a `Clone + Send` handle whose `publish`, `subscribe`
 //! and `unsubscribe` resolve on completion, and a [`Messages`] stream; see
 //! `examples/client.rs`. Same API and semantics as `surgemq-tokio`'s client.
+//! [`Client::connect_with_store`](driver::Client::connect_with_store) keeps its persistent
+//! session in a store (e.g. the redb file store of `surgemq_core::store::redb`, feature `redb`)
+//! across restarts of the process.
 //!
 //! ```no_run
 //! use surgemq_core::codec::QoS;
@@ -62,7 +65,10 @@ pub use driver::{AsyncClientError, ClientOptions, Listener, Messages, ShutdownHa
 pub use futures_rustls::rustls;
 pub use runtime::Smol;
 pub use surgemq_core::broker::{AuthRequest, AuthVerdict, Authenticator, BrokerConfig};
-pub use surgemq_core::client::{AckToken, ClientConfig, IncomingMessage};
+pub use surgemq_core::client::{
+    AckToken, ClientConfig, ClientRestore, IncomingMessage, Persistence, RestoreError,
+};
+pub use surgemq_core::store::StoreSetup;
 
 /// A broker server on smol, not yet bound: [`driver::Server`] on [`Smol`].
 pub type Server = driver::Server<Smol>;

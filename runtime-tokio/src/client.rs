@@ -9,6 +9,18 @@
 //! has taken it, so a slow consumer makes the broker hold back (its in-flight window bounds
 //! what we buffer) while our own publishes keep completing. QoS 0 messages beyond the buffer
 //! are dropped and counted — at most once allows it.
+//!
+//! Persistence: [`Client::connect_with_store`] keeps a persistent session (`clean_start` false)
+//! in a store ([`StoreSetup`], e.g. `surgemq_core::store::redb::setup`), so that unfinished
+//! QoS 1/2 publishes and received QoS 2 state survive a restart of the process, even a crash.
+//! The driver restores the core client from the store's content, hands the core's
+//! [`ClientOutput::Store`] operations to the store's committer (those drained after one input
+//! as one batch) and feeds the commit reports back; in durable mode (the default here) the core
+//! holds back what goes on the wire until what was stored before it is committed. The store is
+//! closed, with a last commit, when the client ends.
+//! A received QoS 2 message reaches the application before its identifier is stored (its
+//! PUBREC waits for that commit): after a crash in between, the server resends it, so it
+//! may then arrive twice, but it is never lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -18,11 +30,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use surgemq_core::client::{
     AckToken, Client as CoreClient, ClientConfig, ClientError, ClientEvent, ClientInput,
-    ClientOutput, IncomingMessage, Token,
+    ClientOutput, ClientRestore, IncomingMessage, Persistence, RestoreError, StoreFailure, Token,
 };
 use surgemq_core::codec::{
     ConnectReason, Properties, PubAckReason, QoS, SubAckReason, SubscriptionOptions, UnsubAckReason,
 };
+use surgemq_core::store::{StoreOp, StoreSetup, StoreSink};
 use surgemq_core::time::Instant;
 use surgemq_core::topic::{TopicFilter, TopicName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -92,6 +105,9 @@ pub enum AsyncClientError {
     Closed,
     /// The first connection could not be made.
     Io(io::Error),
+    /// [`Client::connect_with_store`]: the store's session cannot be resumed (e.g. the
+    /// configuration asks for a clean session, which is never stored).
+    Restore(RestoreError),
 }
 
 impl std::fmt::Display for AsyncClientError {
@@ -101,6 +117,7 @@ impl std::fmt::Display for AsyncClientError {
             Self::Refused(r) => write!(f, "connection refused: {r:?}"),
             Self::Closed => f.write_str("client closed"),
             Self::Io(e) => write!(f, "connection failed: {e}"),
+            Self::Restore(e) => write!(f, "cannot resume the stored session: {e}"),
         }
     }
 }
@@ -163,10 +180,35 @@ impl Client {
     /// fails (no TCP connection, TLS refused, closed or refused before CONNACK), `connect`
     /// returns the error instead of retrying.
     pub async fn connect(options: ClientOptions) -> Result<(Client, Messages), AsyncClientError> {
+        let (client, messages, _) = Self::start(options, None).await?;
+        Ok((client, messages))
+    }
+
+    /// [`Client::connect`] with the session kept in `store` (see the module docs): first
+    /// resumes what the store holds (returned as the [`ClientRestore`] report, also logged):
+    /// restored publishes complete on their own, before new ones, and their completions are
+    /// not reported to any handle. `options.config` must ask for a persistent session
+    /// (`clean_start` false), otherwise [`AsyncClientError::Restore`] is returned before
+    /// connecting; persistence `Off` there means [`Persistence::Durable`]. The store is
+    /// closed (a last commit) when the client ends: once [`Client::disconnect`] returns, or
+    /// after every handle is dropped, or before a failed first connection is returned.
+    pub async fn connect_with_store(
+        options: ClientOptions,
+        store: StoreSetup,
+    ) -> Result<(Client, Messages, ClientRestore), AsyncClientError> {
+        let (client, messages, report) = Self::start(options, Some(store)).await?;
+        Ok((client, messages, report.unwrap_or_default()))
+    }
+
+    async fn start(
+        options: ClientOptions,
+        store: Option<StoreSetup>,
+    ) -> Result<(Client, Messages, Option<ClientRestore>), AsyncClientError> {
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (messages_tx, messages_rx) = mpsc::channel(options.message_buffer.max(1));
         let (ready_tx, ready_rx) = oneshot::channel();
-        let driver = Driver::new(options, commands_rx, messages_tx, ready_tx);
+        let (driver, report) = Driver::new(options, store, commands_rx, messages_tx, ready_tx)
+            .map_err(AsyncClientError::Restore)?;
         tokio::spawn(driver.run());
         match ready_rx.await {
             Ok(Ok(())) => Ok((
@@ -174,6 +216,7 @@ impl Client {
                     commands: commands_tx,
                 },
                 Messages { rx: messages_rx },
+                report,
             )),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(AsyncClientError::Closed),
@@ -287,6 +330,12 @@ enum Io {
     Down(u64),
 }
 
+/// A commit report from the store's thread: every operation up to `.0` committed, or not.
+type StoreDone = (u64, Result<(), StoreFailure>);
+
+/// `connect`'s answer channel.
+type Ready = oneshot::Sender<Result<(), AsyncClientError>>;
+
 struct Driver {
     options: ClientOptions,
     core: CoreClient,
@@ -301,7 +350,10 @@ struct Driver {
     user_acks: bool,
     /// QoS 0 messages dropped because the application was not keeping up.
     dropped_qos0: u64,
-    ready: Option<oneshot::Sender<Result<(), AsyncClientError>>>,
+    ready: Option<Ready>,
+    /// With a store, the first attempt's failure waits here until the store is closed (so
+    /// that the caller may open it again at once).
+    failed: Option<(Ready, AsyncClientError)>,
     replies: HashMap<Token, Reply>,
     io_tx: mpsc::Sender<Io>,
     io_rx: mpsc::Receiver<Io>,
@@ -311,22 +363,50 @@ struct Driver {
     /// DISCONNECT) are written before `disconnect()` returns.
     transport_task: Option<tokio::task::JoinHandle<()>>,
     stopped: Option<oneshot::Sender<()>>,
+    /// The store's committer, with [`Client::connect_with_store`].
+    store: Option<Box<dyn StoreSink>>,
+    /// Store operations drained in this round (one atomic group or more).
+    store_batch: Vec<(u64, StoreOp)>,
+    /// Commit reports. Unbounded so that the store's thread never blocks on the driver (which
+    /// waits for that thread when it closes the store); one report per commit.
+    store_done: mpsc::UnboundedReceiver<StoreDone>,
+    /// Keeps `store_done` open when there is no store.
+    _store_done_tx: mpsc::UnboundedSender<StoreDone>,
 }
 
 impl Driver {
+    /// The driver, with its core restored from `store` (and the store's committer started)
+    /// when there is one.
     fn new(
         options: ClientOptions,
+        store: Option<StoreSetup>,
         commands: mpsc::Receiver<Command>,
         messages: mpsc::Sender<IncomingMessage>,
-        ready: oneshot::Sender<Result<(), AsyncClientError>>,
-    ) -> Self {
+        ready: Ready,
+    ) -> Result<(Self, Option<ClientRestore>), RestoreError> {
         let (io_tx, io_rx) = mpsc::channel(16);
         // The driver acknowledges itself, when the application has taken the message.
         let mut config = options.config.clone();
         let user_acks = config.manual_acks;
         config.manual_acks = true;
-        let core = CoreClient::new(config, Instant::ZERO);
-        Self {
+        if store.is_some() && config.persistence == Persistence::Off {
+            config.persistence = Persistence::Durable;
+        }
+        let mut core = CoreClient::new(config, Instant::ZERO);
+        let (store_done_tx, store_done) = mpsc::unbounded_channel();
+        let (store, report) = match store {
+            Some(setup) => {
+                let report = core.restore(setup.snapshot)?;
+                tracing::info!("restored from the store: {report}");
+                let done_tx = store_done_tx.clone();
+                let sink = (setup.start)(Box::new(move |seq, result| {
+                    let _ = done_tx.send((seq, result));
+                }));
+                (Some(sink), Some(report))
+            }
+            None => (None, None),
+        };
+        let driver = Self {
             options,
             core,
             start: tokio::time::Instant::now(),
@@ -336,6 +416,7 @@ impl Driver {
             user_acks,
             dropped_qos0: 0,
             ready: Some(ready),
+            failed: None,
             replies: HashMap::new(),
             io_tx,
             io_rx,
@@ -343,7 +424,12 @@ impl Driver {
             writer: None,
             transport_task: None,
             stopped: None,
-        }
+            store,
+            store_batch: Vec::new(),
+            store_done,
+            _store_done_tx: store_done_tx,
+        };
+        Ok((driver, report))
     }
 
     fn now(&self) -> Instant {
@@ -399,11 +485,23 @@ impl Driver {
                         self.io(io);
                     }
                 }
+                Some((seq, result)) = self.store_done.recv() => {
+                    let now = self.now();
+                    self.core.handle_input(now, ClientInput::StoreDone { seq, result });
+                }
                 () = sleep => {
                     let now = self.now();
                     self.core.handle_input(now, ClientInput::Timeout);
                 }
             }
+        }
+        if let Some(store) = self.store.take() {
+            // The last commit: everything emitted is on disk before `disconnect()` returns.
+            // Closing joins the store's thread: off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+        if let Some((ready, error)) = self.failed.take() {
+            let _ = ready.send(Err(error));
         }
         if let Some(task) = self.transport_task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -416,7 +514,11 @@ impl Driver {
     /// Ends the client when its very first connection attempt fails.
     fn fail_first_attempt(&mut self, error: AsyncClientError) {
         if let Some(ready) = self.ready.take() {
-            let _ = ready.send(Err(error));
+            if self.store.is_some() {
+                self.failed = Some((ready, error));
+            } else {
+                let _ = ready.send(Err(error));
+            }
             let now = self.now();
             self.core.disconnect(now);
             let (stopped, _) = oneshot::channel();
@@ -509,8 +611,14 @@ impl Driver {
                     self.transport += 1;
                 }
                 ClientOutput::Event(event) => self.event(event),
-                // Persistence arrives with Client::connect_with_store.
-                ClientOutput::Store { .. } => {}
+                ClientOutput::Store { seq, op } => self.store_batch.push((seq, op)),
+            }
+        }
+        if !self.store_batch.is_empty() {
+            let batch = std::mem::take(&mut self.store_batch);
+            match self.store.as_mut() {
+                Some(store) => store.submit(batch),
+                None => tracing::error!("the client emitted store operations but has no store"),
             }
         }
         if self.stopped.is_some() {
@@ -564,6 +672,10 @@ impl Driver {
                 tracing::info!("disconnected from broker");
                 self.fail_first_attempt(AsyncClientError::Closed);
             }
+            ClientEvent::StoreFailed(failure) => tracing::error!(
+                %failure,
+                "store commit failed: the client writes its whole session to the store again"
+            ),
             other => tracing::warn!(?other, "client event"),
         }
     }

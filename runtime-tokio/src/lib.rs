@@ -21,6 +21,8 @@
 //!
 //! The client ([`Client::connect`]) gives a `Clone + Send` handle whose `publish`, `subscribe`
 //! and `unsubscribe` resolve on completion, and a [`Messages`] stream; see `examples/client.rs`.
+//! [`Client::connect_with_store`] keeps its persistent session in a store (e.g. the redb file
+//! store of `surgemq_core::store::redb`, feature `redb`) across restarts of the process.
 //!
 //! Shape (see the project's DESIGN.md, "Adapter loop"): connection tasks read sockets and
 //! send what they read to the broker task over a bounded channel; the broker task feeds it to
@@ -37,6 +39,9 @@ mod server;
 pub use client::{AsyncClientError, Client, ClientOptions, Messages};
 pub use server::{BoundServer, Listener, Server, ShutdownHandle};
 pub use surgemq_core::broker::{AuthRequest, AuthVerdict, Authenticator, BrokerConfig};
-pub use surgemq_core::client::{AckToken, ClientConfig, IncomingMessage};
+pub use surgemq_core::client::{
+    AckToken, ClientConfig, ClientRestore, IncomingMessage, Persistence, RestoreError,
+};
+pub use surgemq_core::store::StoreSetup;
 /// The rustls crate this adapter's TLS listeners use.
 pub use tokio_rustls::rustls;

@@ -503,6 +503,14 @@ impl Client {
         self.persist
     }
 
+    /// The sequence number of the last [`ClientOutput::Store`] emitted (0 before the first): once
+    /// a [`ClientInput::StoreDone`] reports it committed, so is everything stored before it. An
+    /// adapter that hands a message to its application only after [`Client::ack`] uses it to
+    /// wait for that acknowledgement's commit.
+    pub fn store_mark(&self) -> u64 {
+        self.store_seq
+    }
+
     /// Whether outputs are waiting for a store commit (durable mode).
     pub fn awaiting_commit(&self) -> bool {
         !self.held.is_empty() || (self.durable && self.store_seq > self.committed)

@@ -10,6 +10,19 @@
 //! in-flight window bounds what we buffer) while our own publishes keep completing. QoS 0
 //! messages beyond the buffer are dropped and counted — at most once allows it.
 //!
+//! Persistence: [`Client::connect_with_store`] keeps a persistent session (`clean_start` false)
+//! in a store ([`StoreSetup`], e.g. `surgemq_core::store::redb::setup`), so that unfinished
+//! QoS 1/2 publishes and received QoS 2 state survive a restart of the process, even a crash.
+//! The task restores the core client from the store's content, hands the core's
+//! [`ClientOutput::Store`](surgemq_core::client::ClientOutput::Store) operations to the store's
+//! committer (those drained after one input as one batch) and feeds the commit reports back;
+//! in durable mode (the default here) the core holds back what goes on the wire until what was
+//! stored before it is committed. The store is closed, with a last commit (on the runtime's
+//! blocking pool), when the client ends.
+//! A received QoS 2 message reaches the application before its identifier is stored (its
+//! PUBREC waits for that commit): after a crash in between, the server resends it, so it
+//! may then arrive twice, but it is never lost.
+//!
 //! The same API and semantics as `surgemq-tokio`'s client. Never: protocol decisions here.
 
 mod task;
@@ -23,10 +36,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_rustls::rustls::ClientConfig as TlsClientConfig;
 use futures_rustls::rustls::pki_types::ServerName;
-use surgemq_core::client::{AckToken, ClientConfig, ClientError, IncomingMessage};
+use surgemq_core::client::{
+    AckToken, ClientConfig, ClientError, ClientRestore, IncomingMessage, RestoreError,
+};
 use surgemq_core::codec::{
     ConnectReason, Properties, PubAckReason, QoS, SubAckReason, SubscriptionOptions, UnsubAckReason,
 };
+use surgemq_core::store::StoreSetup;
 use surgemq_core::topic::{TopicFilter, TopicName};
 
 use super::TcpRuntime;
@@ -97,6 +113,9 @@ pub enum AsyncClientError {
     Closed,
     /// The first connection could not be made (without a reconnect policy).
     Io(io::Error),
+    /// [`Client::connect_with_store`]: the store's session cannot be resumed (e.g. the
+    /// configuration asks for a clean session, which is never stored).
+    Restore(RestoreError),
 }
 
 impl fmt::Display for AsyncClientError {
@@ -106,6 +125,7 @@ impl fmt::Display for AsyncClientError {
             Self::Refused(r) => write!(f, "connection refused: {r:?}"),
             Self::Closed => f.write_str("client closed"),
             Self::Io(e) => write!(f, "connection failed: {e}"),
+            Self::Restore(e) => write!(f, "cannot resume the stored session: {e}"),
         }
     }
 }
@@ -115,6 +135,7 @@ impl std::error::Error for AsyncClientError {
         match self {
             Self::Client(e) => Some(e),
             Self::Io(e) => Some(e),
+            Self::Restore(e) => Some(e),
             Self::Refused(_) | Self::Closed => None,
         }
     }
@@ -200,6 +221,22 @@ impl<R: TcpRuntime + Default> Client<R> {
     pub async fn connect(options: ClientOptions) -> Result<(Self, Messages), AsyncClientError> {
         Self::connect_with_runtime(R::default(), options).await
     }
+
+    /// [`Client::connect`] with the session kept in `store` (see the module docs): first
+    /// resumes what the store holds (returned as the [`ClientRestore`] report, also logged):
+    /// restored publishes complete on their own, before new ones, and their completions are
+    /// not reported to any handle. `options.config` must ask for a persistent session
+    /// (`clean_start` false), otherwise [`AsyncClientError::Restore`] is returned before
+    /// connecting; persistence `Off` there means
+    /// [`Persistence::Durable`](surgemq_core::client::Persistence::Durable). The store is
+    /// closed (a last commit) when the client ends: once [`Client::disconnect`] returns, or
+    /// after every handle is dropped, or before a failed first connection is returned.
+    pub async fn connect_with_store(
+        options: ClientOptions,
+        store: StoreSetup,
+    ) -> Result<(Self, Messages, ClientRestore), AsyncClientError> {
+        Self::connect_with_store_and_runtime(R::default(), options, store).await
+    }
 }
 
 impl<R: TcpRuntime> Client<R> {
@@ -208,10 +245,37 @@ impl<R: TcpRuntime> Client<R> {
         runtime: R,
         options: ClientOptions,
     ) -> Result<(Self, Messages), AsyncClientError> {
+        let (client, messages, _) = Self::start(runtime, options, None).await?;
+        Ok((client, messages))
+    }
+
+    /// [`Client::connect_with_store`] on a given runtime value.
+    pub async fn connect_with_store_and_runtime(
+        runtime: R,
+        options: ClientOptions,
+        store: StoreSetup,
+    ) -> Result<(Self, Messages, ClientRestore), AsyncClientError> {
+        let (client, messages, report) = Self::start(runtime, options, Some(store)).await?;
+        Ok((client, messages, report.unwrap_or_default()))
+    }
+
+    async fn start(
+        runtime: R,
+        options: ClientOptions,
+        store: Option<StoreSetup>,
+    ) -> Result<(Self, Messages, Option<ClientRestore>), AsyncClientError> {
         let (commands_tx, commands_rx) = async_channel::bounded(COMMAND_CHANNEL);
         let (messages_tx, messages_rx) = async_channel::bounded(options.message_buffer.max(1));
         let (ready_tx, ready_rx) = async_channel::bounded(1);
-        let task = Task::new(runtime.clone(), options, commands_rx, messages_tx, ready_tx);
+        let (task, report) = Task::new(
+            runtime.clone(),
+            options,
+            store,
+            commands_rx,
+            messages_tx,
+            ready_tx,
+        )
+        .map_err(AsyncClientError::Restore)?;
         runtime.spawn(task.run());
         match ready_rx.recv().await {
             Ok(Ok(())) => Ok((
@@ -220,6 +284,7 @@ impl<R: TcpRuntime> Client<R> {
                     runtime: PhantomData,
                 },
                 Messages { rx: messages_rx },
+                report,
             )),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(AsyncClientError::Closed),

@@ -4,6 +4,8 @@
 //! It never awaits anything but its wake-up: writes go down an unbounded channel to the
 //! transport's writer (the core bounds what it sends), and a message the application has no
 //! room for waits here, its acknowledgement withheld, while a single boxed send waits for room.
+//! With a store, it hands the core's store operations to the store's committer and feeds the
+//! commit reports back; it closes the store (on the runtime's blocking pool) when it ends.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -14,9 +16,11 @@ use std::time::{Duration, Instant as StdInstant};
 use bytes::Bytes;
 use futures_lite::future;
 use surgemq_core::client::{
-    AckToken, Client as CoreClient, ClientEvent, ClientInput, ClientOutput, IncomingMessage, Token,
+    AckToken, Client as CoreClient, ClientEvent, ClientInput, ClientOutput, ClientRestore,
+    IncomingMessage, Persistence, RestoreError, StoreFailure, Token,
 };
 use surgemq_core::codec::{Properties, QoS};
+use surgemq_core::store::{StoreOp, StoreSetup, StoreSink};
 
 use super::transport::{self, Io, Target};
 use super::{AsyncClientError, ClientOptions, Command, Completion, Reply};
@@ -37,12 +41,19 @@ struct Delivery {
     ack: Option<AckToken>,
 }
 
+/// A commit report from the store's thread: every operation up to `.0` committed, or not.
+type StoreDone = (u64, Result<(), StoreFailure>);
+
+/// `connect`'s answer channel.
+type Ready = async_channel::Sender<Result<(), AsyncClientError>>;
+
 /// What woke the task.
 enum Wake {
     Timer,
     Io(Io),
     Command(Option<Command>),
     Delivered,
+    StoreDone(StoreDone),
 }
 
 pub(super) struct Task<R> {
@@ -66,7 +77,10 @@ pub(super) struct Task<R> {
     reconnects: bool,
     /// QoS 0 messages dropped because the application was not keeping up.
     dropped_qos0: u64,
-    ready: Option<async_channel::Sender<Result<(), AsyncClientError>>>,
+    ready: Option<Ready>,
+    /// With a store, the first attempt's failure waits here until the store is closed (so
+    /// that the caller may open it again at once).
+    failed: Option<(Ready, AsyncClientError)>,
     replies: HashMap<Token, Reply>,
     io_tx: async_channel::Sender<Io>,
     io_rx: async_channel::Receiver<Io>,
@@ -81,21 +95,36 @@ pub(super) struct Task<R> {
     stopped: bool,
     /// Who asked for the stop, to be told once it is done.
     disconnect_reply: Option<async_channel::Sender<()>>,
+    /// The store's committer, with `connect_with_store`.
+    store: Option<Box<dyn StoreSink>>,
+    /// Store operations drained in this round (one atomic group or more).
+    store_batch: Vec<(u64, StoreOp)>,
+    /// Commit reports. Unbounded so that the store's thread never blocks on the task (which
+    /// waits for that thread when it closes the store); one report per commit.
+    store_done: async_channel::Receiver<StoreDone>,
+    /// Keeps `store_done` open when there is no store.
+    _store_done_tx: async_channel::Sender<StoreDone>,
 }
 
 impl<R: TcpRuntime> Task<R> {
+    /// The task, with its core restored from `store` (and the store's committer started) when
+    /// there is one.
     pub(super) fn new(
         runtime: R,
         options: ClientOptions,
+        store: Option<StoreSetup>,
         commands: async_channel::Receiver<Command>,
         messages: async_channel::Sender<IncomingMessage>,
-        ready: async_channel::Sender<Result<(), AsyncClientError>>,
-    ) -> Self {
+        ready: Ready,
+    ) -> Result<(Self, Option<ClientRestore>), RestoreError> {
         let (io_tx, io_rx) = async_channel::bounded(IO_CHANNEL);
         // The task acknowledges itself, once the application has taken the message.
         let mut config = options.config;
         let user_acks = config.manual_acks;
         config.manual_acks = true;
+        if store.is_some() && config.persistence == Persistence::Off {
+            config.persistence = Persistence::Durable;
+        }
         let reconnects = config.reconnect.is_some();
         let target = Target {
             address: options.address,
@@ -103,11 +132,25 @@ impl<R: TcpRuntime> Task<R> {
             timeout: config.connect_timeout,
         };
         let clock = Clock::start();
-        Self {
+        let mut core = CoreClient::new(config, clock.now());
+        let (store_done_tx, store_done) = async_channel::unbounded();
+        let (store, report) = match store {
+            Some(setup) => {
+                let report = core.restore(setup.snapshot)?;
+                tracing::info!("restored from the store: {report}");
+                let done_tx = store_done_tx.clone();
+                let sink = (setup.start)(Box::new(move |seq, result| {
+                    let _ = done_tx.try_send((seq, result));
+                }));
+                (Some(sink), Some(report))
+            }
+            None => (None, None),
+        };
+        let task = Self {
             runtime,
             target,
             message_buffer: options.message_buffer.max(1),
-            core: CoreClient::new(config, clock.now()),
+            core,
             clock,
             commands,
             messages,
@@ -117,6 +160,7 @@ impl<R: TcpRuntime> Task<R> {
             reconnects,
             dropped_qos0: 0,
             ready: Some(ready),
+            failed: None,
             replies: HashMap::new(),
             io_tx,
             io_rx,
@@ -126,7 +170,12 @@ impl<R: TcpRuntime> Task<R> {
             closing: None,
             stopped: false,
             disconnect_reply: None,
-        }
+            store,
+            store_batch: Vec::new(),
+            store_done,
+            _store_done_tx: store_done_tx,
+        };
+        Ok((task, report))
     }
 
     pub(super) async fn run(mut self) {
@@ -144,6 +193,11 @@ impl<R: TcpRuntime> Task<R> {
                             Err(_) => break,
                         }
                     }
+                }
+                Wake::StoreDone((seq, result)) => {
+                    let now = self.clock.now();
+                    self.core
+                        .handle_input(now, ClientInput::StoreDone { seq, result });
                 }
                 Wake::Command(Some(command)) => self.command(command),
                 Wake::Command(None) => {
@@ -168,7 +222,8 @@ impl<R: TcpRuntime> Task<R> {
     }
 
     /// Waits for the next thing to do. Timers first (keep-alive must not starve); transport
-    /// events, commands and deliveries in random order, so that none starves the others.
+    /// events, commands, deliveries and commit reports in random order, so that none starves
+    /// the others.
     async fn wake(&mut self) -> Wake {
         let timer = self.core.poll_timeout().map(|at| self.clock.to_runtime(at));
         let runtime = &self.runtime;
@@ -199,16 +254,45 @@ impl<R: TcpRuntime> Task<R> {
                 None => future::pending().await,
             }
         };
-        future::or(sleep, future::race(future::race(io, command), delivered)).await
+        let store_done = &self.store_done;
+        let committed = async {
+            match store_done.recv().await {
+                Ok(done) => Wake::StoreDone(done),
+                // Unreachable while we hold `_store_done_tx`.
+                Err(_) => future::pending().await,
+            }
+        };
+        future::or(
+            sleep,
+            future::race(
+                future::race(io, command),
+                future::race(delivered, committed),
+            ),
+        )
+        .await
     }
 
-    /// After the loop: fails what is pending, waits (a little) for the connection to write
-    /// its last bytes and close, then tells whoever asked for the stop.
+    /// After the loop: fails what is pending, closes the store (a last commit), waits (a
+    /// little) for the connection to write its last bytes and close, then tells whoever asked
+    /// for the stop.
     async fn finish(mut self) {
         for (_, reply) in self.replies.drain() {
             let _ = reply.try_send(Err(AsyncClientError::Closed));
         }
         self.writer = None;
+        if let Some(store) = self.store.take() {
+            // Closing joins the store's thread: on the blocking pool, and waited for, so that
+            // everything emitted is on disk before `disconnect()` returns.
+            let (closed_tx, closed) = async_channel::bounded::<()>(1);
+            self.runtime.spawn_blocking(move || {
+                store.close();
+                drop(closed_tx);
+            });
+            let _ = closed.recv().await;
+        }
+        if let Some((ready, error)) = self.failed.take() {
+            let _ = ready.try_send(Err(error));
+        }
         if let Some(done) = self.closing.take().or(self.transport_done.take()) {
             let closed = async {
                 let _ = done.recv().await;
@@ -277,13 +361,13 @@ impl<R: TcpRuntime> Task<R> {
                 }
                 Err(error) => {
                     tracing::warn!(%error, address = %self.target.address, "connection failed");
+                    self.core.handle_input(now, ClientInput::TransportDown);
                     // Without a reconnect policy the first failure is final.
                     if !self.reconnects
                         && let Some(ready) = self.ready.take()
                     {
-                        let _ = ready.try_send(Err(AsyncClientError::Io(error)));
+                        self.fail_first(ready, AsyncClientError::Io(error));
                     }
-                    self.core.handle_input(now, ClientInput::TransportDown);
                 }
             },
             Io::Read(n, data) if n == self.transport => {
@@ -321,11 +405,29 @@ impl<R: TcpRuntime> Task<R> {
                     self.transport += 1;
                 }
                 ClientOutput::Event(event) => self.event(event),
-                // Persistence arrives with Client::connect_with_store.
-                ClientOutput::Store { .. } => {}
+                ClientOutput::Store { seq, op } => self.store_batch.push((seq, op)),
+            }
+        }
+        if !self.store_batch.is_empty() {
+            let batch = std::mem::take(&mut self.store_batch);
+            match self.store.as_mut() {
+                Some(store) => store.submit(batch),
+                None => tracing::error!("the client emitted store operations but has no store"),
             }
         }
         self.stopped
+    }
+
+    /// Reports the first connection's failure to `connect`. With a store the task stops
+    /// first, and the failure is reported once the store is closed.
+    fn fail_first(&mut self, ready: Ready, error: AsyncClientError) {
+        if self.store.is_some() {
+            self.failed = Some((ready, error));
+            self.core.disconnect(self.clock.now());
+            self.stopped = true;
+        } else {
+            let _ = ready.try_send(Err(error));
+        }
     }
 
     fn event(&mut self, event: ClientEvent) {
@@ -338,7 +440,7 @@ impl<R: TcpRuntime> Task<R> {
             ClientEvent::Refused { reason } => {
                 tracing::warn!(?reason, "connection refused");
                 if let Some(ready) = self.ready.take() {
-                    let _ = ready.try_send(Err(AsyncClientError::Refused(reason)));
+                    self.fail_first(ready, AsyncClientError::Refused(reason));
                     self.core.disconnect(self.clock.now());
                 }
             }
@@ -361,6 +463,10 @@ impl<R: TcpRuntime> Task<R> {
                 self.complete(token, Completion::Unsubscribed(reasons));
             }
             ClientEvent::Disconnected => tracing::info!("disconnected from broker"),
+            ClientEvent::StoreFailed(failure) => tracing::error!(
+                %failure,
+                "store commit failed: the client writes its whole session to the store again"
+            ),
             other => tracing::warn!(?other, "client event"),
         }
     }
