@@ -28,3 +28,12 @@ fn a_clean_session_with_a_store_is_refused_before_connecting() {
 fn a_failed_first_connection_closes_the_store_before_returning() {
     run(store_scenario::a_failed_first_connection_closes_the_store_before_returning::<AsyncStd>());
 }
+
+#[test]
+fn a_received_qos2_message_reaches_the_application_once_its_ack_is_committed() {
+    run(
+        store_scenario::a_received_qos2_message_reaches_the_application_once_its_ack_is_committed::<
+            AsyncStd,
+        >(),
+    );
+}

@@ -18,9 +18,10 @@
 //! as one batch) and feeds the commit reports back; in durable mode (the default here) the core
 //! holds back what goes on the wire until what was stored before it is committed. The store is
 //! closed, with a last commit, when the client ends.
-//! A received QoS 2 message reaches the application before its identifier is stored (its
-//! PUBREC waits for that commit): after a crash in between, the server resends it, so it
-//! may then arrive twice, but it is never lost.
+//! In durable mode a received QoS 2 message is acknowledged first and handed to the application
+//! once that acknowledgement (its packet identifier) is committed, so a crash never makes it
+//! arrive twice: before the commit the server resends it and it is delivered then; after, the
+//! resend is recognised. Messages behind it wait, in order.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -365,6 +366,14 @@ struct Driver {
     stopped: Option<oneshot::Sender<()>>,
     /// The store's committer, with [`Client::connect_with_store`].
     store: Option<Box<dyn StoreSink>>,
+    /// Durable store: QoS 2 messages reach the application only once their acknowledgement
+    /// is committed.
+    commit_first: bool,
+    /// The last store sequence number reported committed.
+    committed: u64,
+    /// A QoS 2 message acknowledged and waiting for the commit of this store mark; while it
+    /// waits, later messages wait in `backlog`.
+    awaiting: Option<(u64, IncomingMessage)>,
     /// Store operations drained in this round (one atomic group or more).
     store_batch: Vec<(u64, StoreOp)>,
     /// Commit reports. Unbounded so that the store's thread never blocks on the driver (which
@@ -392,6 +401,8 @@ impl Driver {
         if store.is_some() && config.persistence == Persistence::Off {
             config.persistence = Persistence::Durable;
         }
+        let commit_first =
+            store.is_some() && config.persistence == Persistence::Durable && !config.clean_start;
         let mut core = CoreClient::new(config, Instant::ZERO);
         let (store_done_tx, store_done) = mpsc::unbounded_channel();
         let (store, report) = match store {
@@ -425,6 +436,9 @@ impl Driver {
             transport_task: None,
             stopped: None,
             store,
+            commit_first,
+            committed: 0,
+            awaiting: None,
             store_batch: Vec::new(),
             store_done,
             _store_done_tx: store_done_tx,
@@ -454,12 +468,19 @@ impl Driver {
             };
             let messages = self.messages.clone();
             tokio::select! {
-                permit = messages.reserve_owned(), if !self.backlog.is_empty() => {
+                permit = messages.reserve_owned(),
+                    if !self.backlog.is_empty() && self.awaiting.is_none() =>
+                {
                     match permit {
                         Ok(permit) => {
                             if let Some((m, ack)) = self.backlog.pop_front() {
-                                permit.send(m);
-                                self.acknowledge(ack);
+                                if self.needs_commit(&m, ack.as_ref()) {
+                                    drop(permit);
+                                    self.acknowledge_then_hold(m, ack);
+                                } else {
+                                    permit.send(m);
+                                    self.acknowledge(ack);
+                                }
                             }
                         }
                         // Nobody listens: acknowledge and drop what is buffered.
@@ -486,8 +507,12 @@ impl Driver {
                     }
                 }
                 Some((seq, result)) = self.store_done.recv() => {
+                    if result.is_ok() {
+                        self.committed = self.committed.max(seq);
+                    }
                     let now = self.now();
                     self.core.handle_input(now, ClientInput::StoreDone { seq, result });
+                    self.release_committed();
                 }
                 () = sleep => {
                     let now = self.now();
@@ -499,6 +524,10 @@ impl Driver {
             // The last commit: everything emitted is on disk before `disconnect()` returns.
             // Closing joins the store's thread: off the runtime's workers.
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+        // Its acknowledgement is on disk now: the application may have it.
+        if let Some((_, message)) = self.awaiting.take() {
+            let _ = self.messages.try_send(message);
         }
         if let Some((ready, error)) = self.failed.take() {
             let _ = ready.send(Err(error));
@@ -648,8 +677,16 @@ impl Driver {
                 } else {
                     message.ack.take()
                 };
-                if !self.backlog.is_empty() {
+                if !self.backlog.is_empty() || self.awaiting.is_some() {
                     self.queue_message(*message, ack);
+                    return;
+                }
+                if self.needs_commit(&message, ack.as_ref()) {
+                    if self.messages.capacity() > 0 {
+                        self.acknowledge_then_hold(*message, ack);
+                    } else {
+                        self.queue_message(*message, ack);
+                    }
                     return;
                 }
                 match self.messages.try_send(*message) {
@@ -692,6 +729,35 @@ impl Driver {
             return;
         }
         self.backlog.push_back((message, ack));
+    }
+
+    /// Whether `message` may reach the application only once its acknowledgement is committed
+    /// (durable store, QoS 2, acknowledged by us).
+    fn needs_commit(&self, message: &IncomingMessage, ack: Option<&AckToken>) -> bool {
+        self.commit_first && ack.is_some() && message.publish.qos == QoS::ExactlyOnce
+    }
+
+    /// Acknowledges a QoS 2 message the application has room for, and hands it over once the
+    /// acknowledgement is committed.
+    fn acknowledge_then_hold(&mut self, message: IncomingMessage, ack: Option<AckToken>) {
+        self.acknowledge(ack);
+        let mark = self.core.store_mark();
+        self.awaiting = Some((mark, message));
+        self.release_committed();
+    }
+
+    /// Hands the waiting QoS 2 message over once its acknowledgement is committed (room was
+    /// checked before it was acknowledged, and nothing overtakes it).
+    fn release_committed(&mut self) {
+        if self
+            .awaiting
+            .as_ref()
+            .is_some_and(|(mark, _)| *mark <= self.committed)
+            && let Some((_, message)) = self.awaiting.take()
+            && let Err(mpsc::error::TrySendError::Full(m)) = self.messages.try_send(message)
+        {
+            self.backlog.push_front((m, None));
+        }
     }
 
     fn acknowledge(&mut self, ack: Option<AckToken>) {

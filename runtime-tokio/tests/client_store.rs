@@ -359,3 +359,133 @@ async fn a_failed_first_connection_closes_the_store_before_returning() {
     // Closed already: it opens again at once.
     redb::setup(dir.path(), CommitPolicy::Group, Box::new(|_, _| {})).unwrap();
 }
+
+/// A store whose commits wait for the test: it records what it is given and reports the last
+/// operation committed only when [`Gate::release`] is called.
+#[derive(Clone, Default)]
+struct Gate {
+    ops: Arc<Mutex<Vec<(u64, surgemq_core::store::StoreOp)>>>,
+    done: Arc<Mutex<Option<surgemq_core::store::DoneFn>>>,
+}
+
+struct GatedSink(Gate);
+
+impl surgemq_core::store::StoreSink for GatedSink {
+    fn submit(&mut self, ops: Vec<(u64, surgemq_core::store::StoreOp)>) {
+        self.0.ops.lock().unwrap().extend(ops);
+    }
+
+    fn close(self: Box<Self>) {}
+}
+
+impl Gate {
+    fn setup(&self) -> StoreSetup {
+        let gate = self.clone();
+        StoreSetup {
+            snapshot: surgemq_core::store::StoreSnapshot::default(),
+            start: Box::new(move |done| {
+                *gate.done.lock().unwrap() = Some(done);
+                Box::new(GatedSink(gate))
+            }),
+        }
+    }
+
+    /// Commits everything submitted so far.
+    fn release(&self) {
+        let last = self.ops.lock().unwrap().last().map(|(seq, _)| *seq);
+        if let (Some(seq), Some(done)) = (last, self.done.lock().unwrap().as_ref()) {
+            done(seq, Ok(()));
+        }
+    }
+
+    fn has(&self, want: impl Fn(&surgemq_core::store::StoreOp) -> bool) -> bool {
+        self.ops.lock().unwrap().iter().any(|(_, op)| want(op))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_qos2_message_reaches_the_application_once_its_ack_is_committed() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (broker_address, shutdown, server) = broker().await;
+        let gate = Gate::default();
+        let options = ClientOptions::new(broker_address.to_string(), config("gated-sub"));
+        let (subscriber, mut messages, _) = Client::connect_with_store(options, gate.setup())
+            .await
+            .unwrap();
+        {
+            let subscribe = subscriber.subscribe(vec![(
+                TopicFilter::parse("st/#").unwrap(),
+                SubscriptionOptions::qos(QoS::ExactlyOnce),
+            )]);
+            tokio::pin!(subscribe);
+            // The SUBACK is stored (the subscription) before anything else goes out.
+            loop {
+                tokio::select! {
+                    r = &mut subscribe => { r.unwrap(); break; }
+                    () = tokio::time::sleep(Duration::from_millis(10)) => gate.release(),
+                }
+            }
+        }
+        // The subscription is stored and committed: nothing is pending any more.
+        for _ in 0..400 {
+            if gate.has(|op| matches!(op, surgemq_core::store::StoreOp::PutSession(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        gate.release();
+
+        let (publisher, _) = Client::connect(ClientOptions::new(
+            broker_address.to_string(),
+            ClientConfig::new(MqttString::new("gated-pub").unwrap()),
+        ))
+        .await
+        .unwrap();
+        publisher
+            .publish(topic(), "first-q2", QoS::ExactlyOnce, false)
+            .await
+            .unwrap();
+        publisher
+            .publish(topic(), "second-q1", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        // The subscriber acknowledged the QoS 2 message: its identifier waits for the commit.
+        for _ in 0..400 {
+            if gate.has(|op| matches!(op, surgemq_core::store::StoreOp::PutReleaseId { .. })) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gate.has(|op| matches!(op, surgemq_core::store::StoreOp::PutReleaseId { .. })));
+        // Not before the commit (a crash now must not have shown it to the application), and
+        // nothing overtakes it.
+        let early = tokio::time::timeout(Duration::from_millis(300), messages.recv()).await;
+        assert!(
+            early.is_err(),
+            "delivered before its acknowledgement was committed"
+        );
+        gate.release();
+        let first = messages.recv().await.unwrap();
+        assert_eq!(&first.publish.payload[..], b"first-q2");
+        gate.release();
+        let second = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                gate.release();
+                tokio::select! {
+                    m = messages.recv() => return m.unwrap(),
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(&second.publish.payload[..], b"second-q1");
+
+        publisher.disconnect().await;
+        drop(subscriber);
+        shutdown.shutdown();
+        server.await.unwrap();
+    })
+    .await
+    .unwrap();
+}

@@ -42,10 +42,11 @@
 //! message arrive twice. [`Persistence::Periodic`] emits the same operations without waiting.
 //! Clean sessions and QoS 0 messages are never stored.
 //!
-//! With manual acknowledgements (and in the async clients, which acknowledge once the
-//! application has taken a message) a QoS 2 message reaches the application before its
-//! identifier is stored: that happens at [`Client::ack`]. A crash between the two makes the
-//! server send the message again after the restart (with DUP set), and it is delivered again.
+//! With manual acknowledgements a QoS 2 message reaches the application before its identifier
+//! is stored: that happens at [`Client::ack`]. A crash between the two makes the server send the
+//! message again after the restart (with DUP set), and it is delivered again. (The async clients,
+//! which acknowledge for the application, acknowledge first and hand the message over once
+//! [`Client::store_mark`] after the acknowledgement is committed.)
 //!
 //! Never: read a clock, touch a socket, panic on server input, or grow without bound.
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::panic)]

@@ -22,8 +22,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use surgemq_core::broker::{AuthMode, BrokerConfig};
 use surgemq_core::client::{Backoff, ClientConfig, RestoreError};
 use surgemq_core::codec::{PubAckReason, QoS, SubscriptionOptions};
-use surgemq_core::store::StoreSetup;
 use surgemq_core::store::redb::{self, CommitPolicy, RedbStore};
+use surgemq_core::store::{DoneFn, StoreOp, StoreSetup, StoreSink, StoreSnapshot};
 use surgemq_core::string::MqttString;
 use surgemq_core::topic::{TopicFilter, TopicName};
 use surgemq_smol::driver::{
@@ -408,6 +408,138 @@ pub(crate) async fn a_failed_first_connection_closes_the_store_before_returning<
         }
         // Closed already: it opens again at once.
         setup(dir.path()).unwrap();
+    })
+    .await;
+}
+
+/// A store whose commits wait for the test: it records what it is given and reports the last
+/// operation committed only when [`Gate::release`] is called.
+#[derive(Clone, Default)]
+struct Gate {
+    ops: Arc<Mutex<Vec<(u64, StoreOp)>>>,
+    done: Arc<Mutex<Option<DoneFn>>>,
+}
+
+struct GatedSink(Gate);
+
+impl StoreSink for GatedSink {
+    fn submit(&mut self, ops: Vec<(u64, StoreOp)>) {
+        self.0.ops.lock().unwrap().extend(ops);
+    }
+
+    fn close(self: Box<Self>) {}
+}
+
+impl Gate {
+    fn setup(&self) -> StoreSetup {
+        let gate = self.clone();
+        StoreSetup {
+            snapshot: StoreSnapshot::default(),
+            start: Box::new(move |done| {
+                *gate.done.lock().unwrap() = Some(done);
+                Box::new(GatedSink(gate))
+            }),
+        }
+    }
+
+    /// Commits everything submitted so far.
+    fn release(&self) {
+        let last = self.ops.lock().unwrap().last().map(|(seq, _)| *seq);
+        if let (Some(seq), Some(done)) = (last, self.done.lock().unwrap().as_ref()) {
+            done(seq, Ok(()));
+        }
+    }
+
+    fn has(&self, want: impl Fn(&StoreOp) -> bool) -> bool {
+        self.ops.lock().unwrap().iter().any(|(_, op)| want(op))
+    }
+
+    /// Waits (bounded) until an operation like `want` was submitted.
+    async fn wait_for<R: TcpRuntime + Default>(&self, want: impl Fn(&StoreOp) -> bool) {
+        for _ in 0..400 {
+            if self.has(&want) {
+                return;
+            }
+            sleep::<R>(Duration::from_millis(10)).await;
+        }
+        panic!("the operation never came");
+    }
+}
+
+pub(crate) async fn a_received_qos2_message_reaches_the_application_once_its_ack_is_committed<
+    R: TcpRuntime + Default,
+>() {
+    bounded::<R>("QoS 2 delivered after its commit", async {
+        let (broker_address, shutdown, broker_done) = broker::<R>().await;
+        let gate = Gate::default();
+        let options = ClientOptions::new(broker_address.to_string(), config("gated-sub"));
+        let (subscriber, mut messages, _) = Client::<R>::connect_with_store(options, gate.setup())
+            .await
+            .unwrap();
+        {
+            let subscribe = subscriber.subscribe(vec![(
+                TopicFilter::parse("st/#").unwrap(),
+                SubscriptionOptions::qos(QoS::ExactlyOnce),
+            )]);
+            let release = async {
+                loop {
+                    sleep::<R>(Duration::from_millis(10)).await;
+                    gate.release();
+                }
+            };
+            future::or(async { subscribe.await.unwrap() }, release).await;
+        }
+        // The subscription is stored and committed: nothing is pending any more.
+        gate.wait_for::<R>(|op| matches!(op, StoreOp::PutSession(_)))
+            .await;
+        gate.release();
+
+        let (publisher, _) = Client::<R>::connect(ClientOptions::new(
+            broker_address.to_string(),
+            ClientConfig::new(MqttString::new("gated-pub").unwrap()),
+        ))
+        .await
+        .unwrap();
+        publisher
+            .publish(topic(), "first-q2", QoS::ExactlyOnce, false)
+            .await
+            .unwrap();
+        publisher
+            .publish(topic(), "second-q1", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        // The subscriber acknowledged the QoS 2 message: its identifier waits for the commit.
+        gate.wait_for::<R>(|op| matches!(op, StoreOp::PutReleaseId { .. }))
+            .await;
+        // Not before the commit (a crash now must not have shown it to the application), and
+        // nothing overtakes it.
+        let early = future::or(async { Some(messages.recv().await) }, async {
+            sleep::<R>(Duration::from_millis(300)).await;
+            None
+        })
+        .await;
+        assert!(
+            early.is_none(),
+            "delivered before its acknowledgement was committed"
+        );
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            gate.release();
+            let next = future::or(async { Some(messages.recv().await) }, async {
+                sleep::<R>(Duration::from_millis(10)).await;
+                None
+            })
+            .await;
+            if let Some(m) = next {
+                got.push(m.unwrap().publish.payload);
+            }
+        }
+        assert_eq!(got, [&b"first-q2"[..], &b"second-q1"[..]]);
+
+        publisher.disconnect().await;
+        drop(subscriber);
+        shutdown.shutdown();
+        let _ = broker_done.recv().await;
     })
     .await;
 }

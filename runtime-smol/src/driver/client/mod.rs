@@ -19,9 +19,10 @@
 //! in durable mode (the default here) the core holds back what goes on the wire until what was
 //! stored before it is committed. The store is closed, with a last commit (on the runtime's
 //! blocking pool), when the client ends.
-//! A received QoS 2 message reaches the application before its identifier is stored (its
-//! PUBREC waits for that commit): after a crash in between, the server resends it, so it
-//! may then arrive twice, but it is never lost.
+//! In durable mode a received QoS 2 message is acknowledged first and handed to the application
+//! once that acknowledgement (its packet identifier) is committed, so a crash never makes it
+//! arrive twice: before the commit the server resends it and it is delivered then; after, the
+//! resend is recognised. Messages behind it wait, in order.
 //!
 //! The same API and semantics as `surgemq-tokio`'s client. Never: protocol decisions here.
 

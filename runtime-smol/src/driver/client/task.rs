@@ -97,6 +97,14 @@ pub(super) struct Task<R> {
     disconnect_reply: Option<async_channel::Sender<()>>,
     /// The store's committer, with `connect_with_store`.
     store: Option<Box<dyn StoreSink>>,
+    /// Durable store: QoS 2 messages reach the application only once their acknowledgement
+    /// is committed.
+    commit_first: bool,
+    /// The last store sequence number reported committed.
+    committed: u64,
+    /// A QoS 2 message acknowledged and waiting for the commit of this store mark; while it
+    /// waits, later messages wait in `backlog`.
+    awaiting: Option<(u64, IncomingMessage)>,
     /// Store operations drained in this round (one atomic group or more).
     store_batch: Vec<(u64, StoreOp)>,
     /// Commit reports. Unbounded so that the store's thread never blocks on the task (which
@@ -132,6 +140,8 @@ impl<R: TcpRuntime> Task<R> {
             timeout: config.connect_timeout,
         };
         let clock = Clock::start();
+        let commit_first =
+            store.is_some() && config.persistence == Persistence::Durable && !config.clean_start;
         let mut core = CoreClient::new(config, clock.now());
         let (store_done_tx, store_done) = async_channel::unbounded();
         let (store, report) = match store {
@@ -171,6 +181,9 @@ impl<R: TcpRuntime> Task<R> {
             stopped: false,
             disconnect_reply: None,
             store,
+            commit_first,
+            committed: 0,
+            awaiting: None,
             store_batch: Vec::new(),
             store_done,
             _store_done_tx: store_done_tx,
@@ -195,9 +208,13 @@ impl<R: TcpRuntime> Task<R> {
                     }
                 }
                 Wake::StoreDone((seq, result)) => {
+                    if result.is_ok() {
+                        self.committed = self.committed.max(seq);
+                    }
                     let now = self.clock.now();
                     self.core
                         .handle_input(now, ClientInput::StoreDone { seq, result });
+                    self.release_committed();
                 }
                 Wake::Command(Some(command)) => self.command(command),
                 Wake::Command(None) => {
@@ -209,12 +226,7 @@ impl<R: TcpRuntime> Task<R> {
                     if let Some(delivery) = self.delivering.take() {
                         self.acknowledge(delivery.ack);
                     }
-                    while self.delivering.is_none() {
-                        let Some((message, ack)) = self.backlog.pop_front() else {
-                            break;
-                        };
-                        self.deliver(message, ack);
-                    }
+                    self.pump();
                 }
             }
         }
@@ -289,6 +301,10 @@ impl<R: TcpRuntime> Task<R> {
                 drop(closed_tx);
             });
             let _ = closed.recv().await;
+        }
+        // Its acknowledgement is on disk now: the application may have it.
+        if let Some((_, message)) = self.awaiting.take() {
+            let _ = self.messages.try_send(message);
         }
         if let Some((ready, error)) = self.failed.take() {
             let _ = ready.try_send(Err(error));
@@ -474,8 +490,16 @@ impl<R: TcpRuntime> Task<R> {
     /// Hands `message` to the application now if its channel has room, else waits in line;
     /// `ack` is sent once the application has it.
     fn deliver(&mut self, message: IncomingMessage, ack: Option<AckToken>) {
-        if self.delivering.is_some() {
+        if self.delivering.is_some() || self.awaiting.is_some() {
             self.queue(message, ack);
+            return;
+        }
+        if self.commit_first && ack.is_some() && message.publish.qos == QoS::ExactlyOnce {
+            // Acknowledged first (the one message acknowledged before the application has
+            // room: everything behind it waits), handed over once that is committed.
+            self.acknowledge(ack);
+            self.awaiting = Some((self.core.store_mark(), message));
+            self.release_committed();
             return;
         }
         match self.messages.try_send(message) {
@@ -490,6 +514,30 @@ impl<R: TcpRuntime> Task<R> {
             }
             // Nobody listens any more.
             Err(async_channel::TrySendError::Closed(_)) => self.acknowledge(ack),
+        }
+    }
+
+    /// Delivers what waits in `backlog`, in order, while nothing is in the way.
+    fn pump(&mut self) {
+        while self.delivering.is_none() && self.awaiting.is_none() {
+            let Some((message, ack)) = self.backlog.pop_front() else {
+                break;
+            };
+            self.deliver(message, ack);
+        }
+    }
+
+    /// Hands the waiting QoS 2 message over once its acknowledgement is committed, then what
+    /// queued behind it.
+    fn release_committed(&mut self) {
+        if self
+            .awaiting
+            .as_ref()
+            .is_some_and(|(mark, _)| *mark <= self.committed)
+            && let Some((_, message)) = self.awaiting.take()
+        {
+            self.deliver(message, None);
+            self.pump();
         }
     }
 
