@@ -7,7 +7,7 @@
 //! - [`options`]: the flags turned into an MQTT client configuration and a TLS setup.
 //! - [`runtime`]: the async runtime `pub` and `sub` run on, chosen by cargo feature (tokio, smol
 //!   or async-std; the same client API on each).
-//! - [`bench`]: the load generator. Always tokio; its connections speak MQTT with the core
+//! - [`bench`](mod@bench): the load generator. Always tokio; its connections speak MQTT with the core
 //!   codec directly over TCP so that it measures the broker, not itself.
 //! - [`app`]: `main`, exit codes.
 #![forbid(unsafe_code)]

@@ -1,7 +1,7 @@
 //! # surgemq-tokio
 //!
 //! The SurgeMQ broker and client on tokio. The broker: listeners (TCP and TLS through tokio-rustls), one task per
-//! connection moving bytes, and one task owning the sans-IO [`Broker`] state machine.
+//! connection moving bytes, and one task owning the sans-IO [`Broker`](surgemq_core::broker::Broker) state machine.
 //!
 //! ```no_run
 //! use surgemq_core::broker::BrokerConfig;

@@ -383,7 +383,7 @@ impl Proc {
         self.exit_status().is_some()
     }
 
-    /// Waits for the exit (at most [`PROCESS_BOUND`]) and for the last of its output.
+    /// Waits for the exit (at most `PROCESS_BOUND`) and for the last of its output.
     pub fn finish(mut self) -> Finished {
         let Some(status) = self.wait_exit(PROCESS_BOUND) else {
             panic!(
@@ -474,7 +474,7 @@ fn collect_text(mut pipe: ChildStderr, into: Arc<Mutex<String>>) -> JoinHandle<(
     })
 }
 
-/// Runs `command` to its end (killed as hung after [`PROCESS_BOUND`]).
+/// Runs `command` to its end (killed as hung after `PROCESS_BOUND`).
 fn run(label: &str, command: &mut Command) -> Finished {
     Proc::spawn(label, command).finish()
 }
@@ -611,7 +611,7 @@ impl Broker {
         self.process.kill();
     }
 
-    /// SIGTERM, then waits for the graceful shutdown (at most [`PROCESS_BOUND`]); fails unless
+    /// SIGTERM, then waits for the graceful shutdown (at most `PROCESS_BOUND`); fails unless
     /// it exits with status 0.
     pub fn stop(&self) {
         self.process.terminate();
@@ -629,7 +629,7 @@ impl Broker {
     /// arguments and data directory: on the same port when it was started with `-p`. A port
     /// still taken right after the kill (the listener has `SO_REUSEADDR`, but a client's
     /// outgoing connection may hold the number for a moment) is retried for at most
-    /// [`REBIND_BOUND`].
+    /// `REBIND_BOUND`.
     pub fn restart(&mut self) {
         if !self.process.exited() {
             self.fail("restart() while the broker still runs: kill9() or stop() it first");
@@ -761,7 +761,7 @@ impl Broker {
         }
     }
 
-    /// Fails unless `process` prints `line` within [`WAIT`].
+    /// Fails unless `process` prints `line` within `WAIT`.
     fn expect_line(&self, process: &Proc, line: &str) {
         if !process.wait_for_line(|l| l == line, WAIT) {
             self.fail(&format!(
@@ -772,7 +772,7 @@ impl Broker {
     }
 
     /// Sends `probe` until `ready` holds; fails if `client` exits first, or after
-    /// [`PROCESS_BOUND`].
+    /// `PROCESS_BOUND`.
     fn probe_until(&self, client: &Proc, mut probe: impl FnMut(), mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + PROCESS_BOUND;
         loop {
@@ -886,7 +886,7 @@ pub mod raw {
         stream
     }
 
-    /// Reads exactly `n` bytes within [`WAIT`].
+    /// Reads exactly `n` bytes within `WAIT`.
     pub fn read_exactly(stream: &mut TcpStream, n: usize) -> Result<Vec<u8>, String> {
         let deadline = Instant::now() + WAIT;
         let mut bytes = vec![0; n];

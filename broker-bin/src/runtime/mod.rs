@@ -2,7 +2,7 @@
 //! first of `tokio`, `smol`, `async-std` wins, so `--all-features` still builds one binary;
 //! `--no-default-features --features smol` (or `async-std`) picks another. Each runtime
 //! module has the same three items: `NAME`, `VERSION` and `serve(Settings)`, and all of them
-//! run the same [`serve_on!`] body: the adapters share one API.
+//! run the same `serve_on!` body: the adapters share one API.
 
 /// The body shared by every runtime: adapt the listeners, bind, log, install the signal
 /// handler, serve until shut down. `$adapter` is the adapter crate (same API in each).

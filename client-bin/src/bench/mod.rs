@@ -5,7 +5,7 @@
 //! in-flight window at QoS 1/2, optional rate); a monitor prints progress and watches for
 //! stalls; once every publisher is done, wait at most `--drain` for the expected deliveries;
 //! sample CPU again; stop the subscribers; merge their histograms and sequence trackers into a
-//! [`Summary`](report::Summary).
+//! [`Summary`].
 //!
 //! Every wait is bounded: handshakes (10 s each), the drain time, and a stall watchdog that
 //! ends the run when nothing moves for [`STALL_TIMEOUT`].

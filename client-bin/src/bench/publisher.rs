@@ -2,7 +2,7 @@
 //! packets in large batches and, at QoS 1/2, reads acknowledgements between batches within a
 //! bounded in-flight window.
 //!
-//! The PUBLISH is encoded once ([`Template`]); each message is a copy of it with its packet
+//! The PUBLISH is encoded once (`Template`); each message is a copy of it with its packet
 //! identifier and payload header (publisher, sequence, send time) patched in place. Nothing
 //! goes through a channel per message.
 //!

@@ -126,7 +126,7 @@ pub struct SimReport {
     pub seed: u64,
     /// Hash of every broker output (bytes, connection, virtual time), in order.
     pub trace_hash: u64,
-    /// The first violations found, each "t=<ms> <what>".
+    /// The first violations found, each `t=<ms> <what>`.
     pub violations: Vec<String>,
     /// How many violations in all.
     pub violation_count: usize,
