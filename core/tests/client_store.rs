@@ -937,3 +937,85 @@ fn a_plain_run_delivers_everything_once() {
     }
     run(&steps).unwrap();
 }
+
+/// Drains keeping the order of what went to the transport: packets, and "close".
+fn wire(client: &mut Client) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(output) = client.poll_output() {
+        match output {
+            ClientOutput::Transmit(bytes) => {
+                let mut buf = BytesMut::from(&bytes[..]);
+                while let Some(p) =
+                    decode_buf(&mut buf, ProtocolVersion::V3_1_1, MAX_PACKET_SIZE).unwrap()
+                {
+                    out.push(
+                        format!("{p:?}")
+                            .split(['(', ' '])
+                            .next()
+                            .unwrap()
+                            .to_owned(),
+                    );
+                }
+            }
+            ClientOutput::CloseTransport => out.push("close".to_owned()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn incoming(qos: QoS, id: u16) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic("in"),
+        packet_id: Some(pid(id)),
+        properties: Properties::new(),
+        payload: Bytes::from_static(b"x"),
+    })
+}
+
+#[test]
+fn disconnect_sends_what_was_written_before_it_and_drops_what_waits_for_a_commit() {
+    let now = Instant::ZERO;
+    // No persistence: an acknowledgement made just before disconnect() goes out before it.
+    let mut config = persistent("manual", Persistence::Off);
+    config.manual_acks = true;
+    let mut client = Client::new(config.clone(), now);
+    drain(&mut client, now);
+    connack(&mut client, now, true);
+    receive(&mut client, now, incoming(QoS::AtLeastOnce, 3));
+    let d = drain(&mut client, now);
+    let ack = d
+        .events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::Message(m) => m.ack,
+            _ => None,
+        })
+        .unwrap();
+    client.ack(now, ack).unwrap();
+    client.disconnect(now);
+    assert_eq!(wire(&mut client), ["PubAck", "Disconnect", "close"]);
+
+    // Durable: the PUBREC waits for its identifier's commit, so disconnect() drops it (the
+    // server resends the message on the next connection) and DISCONNECT goes at once.
+    config.persistence = Persistence::Durable;
+    let mut client = Client::new(config, now);
+    drain(&mut client, now);
+    connack(&mut client, now, true);
+    receive(&mut client, now, incoming(QoS::ExactlyOnce, 4));
+    let d = drain(&mut client, now);
+    let ack = d
+        .events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::Message(m) => m.ack,
+            _ => None,
+        })
+        .unwrap();
+    client.ack(now, ack).unwrap();
+    client.disconnect(now);
+    assert_eq!(wire(&mut client), ["Disconnect", "close"]);
+}

@@ -723,6 +723,8 @@ impl Client {
     pub fn disconnect(&mut self, now: Instant) {
         self.advance(now);
         self.drop_held();
+        // What was written and may go (nothing waits for a commit) goes first.
+        self.flush();
         if self.phase == Phase::Connected {
             // Goes out now, whatever the store is doing.
             let mut bytes = BytesMut::new();
