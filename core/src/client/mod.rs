@@ -37,9 +37,11 @@
 //!
 //! In [`Persistence::Durable`] mode nothing reaches the wire before what was stored ahead of it
 //! is committed: a PUBLISH goes out once its delivery is on disk, a PUBREL once the PUBREC is,
-//! a PUBREC once the received identifier is, a PUBCOMP once its release is. So a crash at any
-//! moment loses no publish whose store operation was committed, and never makes a QoS 2
-//! message arrive twice. [`Persistence::Periodic`] emits the same operations without waiting.
+//! a PUBREC once the received identifier is, a PUBCOMP once its release is; message events and
+//! completions (`Published`, `Subscribed`, `Unsubscribed`) wait the same way. So a crash at
+//! any moment loses no publish whose store operation was committed, never makes a QoS 2
+//! message arrive twice, and never reports a command complete that the restored session does
+//! not know is. [`Persistence::Periodic`] emits the same operations without waiting.
 //! Clean sessions and QoS 0 messages are never stored.
 //!
 //! With manual acknowledgements a QoS 2 message reaches the application before its identifier
@@ -807,6 +809,14 @@ impl Client {
         self.outputs.push_back(ClientOutput::Event(event));
     }
 
+    /// Reports a command's completion. In durable mode not before what it changed in the store
+    /// (the publish's records deleted, the subscriptions written) is committed: a crash before
+    /// that leaves the command to be completed by the restored session, reported once.
+    fn completion(&mut self, event: ClientEvent) {
+        self.flush();
+        self.ordered(ClientOutput::Event(event));
+    }
+
     /// Emits an output that must not overtake the store: in durable mode, while operations
     /// emitted before it are uncommitted (or something is already held), it waits in `held`.
     fn ordered(&mut self, output: ClientOutput) {
@@ -1079,7 +1089,7 @@ impl Client {
             Request::Publish(mut publish) if publish.qos == QoS::AtMostOnce => {
                 publish.packet_id = None;
                 self.send(&Packet::Publish(publish));
-                self.event(ClientEvent::Published {
+                self.completion(ClientEvent::Published {
                     token,
                     reason: PubAckReason::Success,
                 });
@@ -1354,7 +1364,7 @@ impl Client {
             for id in released {
                 if let Some(p) = self.take_pending(id, |p| p.stage == Stage::AwaitingComp) {
                     self.forget_record(p.record);
-                    self.event(ClientEvent::Published {
+                    self.completion(ClientEvent::Published {
                         token: p.token,
                         reason: PubAckReason::Success,
                     });
@@ -1460,7 +1470,7 @@ impl Client {
             |p: &Pending| matches!(&p.request, Request::Publish(x) if x.qos == QoS::AtLeastOnce);
         if let Some(p) = self.take_pending(id, qos1) {
             self.forget_record(p.record);
-            self.event(ClientEvent::Published {
+            self.completion(ClientEvent::Published {
                 token: p.token,
                 reason,
             });
@@ -1477,7 +1487,7 @@ impl Client {
             // 5.0: a failed PUBREC ends the exchange.
             if let Some(p) = self.take_pending(id, qos2) {
                 self.forget_record(p.record);
-                self.event(ClientEvent::Published {
+                self.completion(ClientEvent::Published {
                     token: p.token,
                     reason,
                 });
@@ -1512,7 +1522,7 @@ impl Client {
         let done = |p: &Pending| p.stage == Stage::AwaitingComp;
         if let Some(p) = self.take_pending(id, done) {
             self.forget_record(p.record);
-            self.event(ClientEvent::Published {
+            self.completion(ClientEvent::Published {
                 token: p.token,
                 reason: PubAckReason::Success,
             });
@@ -1533,7 +1543,7 @@ impl Client {
             }
             self.store_session();
         }
-        self.event(ClientEvent::Subscribed {
+        self.completion(ClientEvent::Subscribed {
             token: p.token,
             reasons: ack.reasons,
         });
@@ -1551,7 +1561,7 @@ impl Client {
             }
             self.store_session();
         }
-        self.event(ClientEvent::Unsubscribed {
+        self.completion(ClientEvent::Unsubscribed {
             token: p.token,
             reasons: ack.reasons,
         });
