@@ -19,6 +19,7 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
+use surgemq_core::broker::ConnId;
 use surgemq_core::codec::{
     Connect, Disconnect, MAX_PACKET_SIZE, Packet, PacketId, Properties, ProtocolVersion, PubAck,
     PubRel, Publish, QoS, Subscribe, SubscriptionOptions, Unsubscribe, Will, decode_buf,
@@ -83,9 +84,16 @@ pub(crate) enum Note {
         /// Judge delivery by what reached the application (`app_new`), not by the bytes
         /// (see [`Receipt::app_level`](super::checker::Receipt)).
         app_level: bool,
+        /// The connection it came on and its session incarnation, when the receipt is noted
+        /// later than it arrived (a durable core client hands it over after a commit); `None`:
+        /// the connection the data was read from.
+        via: Option<(ConnId, u32)>,
     },
     /// The broker took ownership of a message (PUBACK, or PUBREC for QoS 2).
     Acked(Uid),
+    /// A durable core client's disk committed the message (its `PutMessage`): from then on it
+    /// is owed like an acknowledged one.
+    Stored(Uid),
     /// The client published a traced message.
     Published,
     /// The broker did something a client can see is wrong.
@@ -526,6 +534,7 @@ impl SimClient {
                     publish,
                     app_new,
                     app_level: false,
+                    via: None,
                 });
             }
             Packet::PubAck(ack) => {

@@ -17,29 +17,42 @@
 //!   order, minus QoS 2 duplicates: nothing invented, no QoS 0/1 message swallowed;
 //! - a correct broker never causes a protocol error, a refusal or an unexpected Session Present.
 //!
+//! Some persistent clients in durable worlds keep their session on a disk of their own
+//! ([`ClientDisk`], `Persistence::Durable`), and their process crashes now and then
+//! ([`CoreSimClient::crash`]): a new [`Client`] is restored from the disk, its restored publishes
+//! are mapped back to the application's commands through their message records, and commands
+//! that were never stored are no longer expected to complete. A message whose `PutMessage` was
+//! committed is noted ([`Note::Stored`]) and owed like an acknowledged one. A durable client hands
+//! a message over only once what it stored before is committed, so arrivals wait in a queue
+//! until their hand-over is decided; what reached the application is the test's record and
+//! survives crashes (no QoS 2 message twice, across them).
+//!
 //! The world checks the rest once the run has settled ([`CoreSimClient::is_settled`] includes
 //! the client's own bookkeeping: connected, nothing in flight, nothing queued), against the
 //! model: every command completed, publications routed in command order, and the application's
 //! subscriptions equal to the broker's session.
 //! Never: speak MQTT on the client's behalf (it only taps the bytes), or read its internals.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use surgemq_core::broker::{ConnId, StoreFailure};
 use surgemq_core::client::{
     Backoff, Client, ClientConfig, ClientError, ClientEvent, ClientInput, ClientOutput,
-    ClientProtocolError, Token,
+    ClientProtocolError, Persistence, Token,
 };
 use surgemq_core::codec::{
     MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, PubAckReason, Publish, QoS, SubAckReason,
     SubscriptionOptions, decode_buf,
 };
+use surgemq_core::store::StoreOp;
 use surgemq_core::string::MqttString;
 use surgemq_core::time::Instant;
 use surgemq_core::topic::{TopicFilter, TopicName};
 
 use super::client::{Action, Ctx, Mode, Note};
+use super::client_disk::ClientDisk;
 use super::message::{FILTERS, TOPICS, Uid};
 use super::rng::SimRng;
 
@@ -97,6 +110,24 @@ struct Tracked {
     command: Command,
     issued_at: u64,
     completed_at: Option<u64>,
+    /// Its `PutMessage` reached the client's disk (a durable client's QoS 1/2 publish).
+    stored: bool,
+    /// Lost with the client process before it was stored: not expected to complete.
+    dropped: bool,
+}
+
+/// A PUBLISH or PUBREL that arrived and whose fate (handed to the application or not) is not
+/// known yet: a durable client hands a message over only once what it stored before is
+/// committed.
+#[derive(Debug)]
+struct Arrival {
+    packet: Packet,
+    /// The connection it came on and that connection's session incarnation.
+    via: Option<(ConnId, u32)>,
+    inc: Option<u32>,
+    transport: u64,
+    /// Protocol errors seen before it arrived.
+    errors: u64,
 }
 
 /// Counters for the run summary.
@@ -130,6 +161,18 @@ pub(crate) struct CoreStats {
     /// Filters a periodic-mode crash changed in the client's session, left out of the
     /// end-of-run comparison (see [`CoreSimClient::session_changed_by_crash`]).
     pub(crate) crash_tainted: u64,
+    /// Clients with a disk of their own (durable persistence).
+    pub(crate) durable: u64,
+    /// Crashes of the client process.
+    pub(crate) crashes: u64,
+    /// Publishes a restarted process restored from its disk.
+    pub(crate) restored: u64,
+    /// Commands lost with a crashed process before they were stored.
+    pub(crate) dropped: u64,
+    /// Commits of the clients' disks.
+    pub(crate) disk_commits: u64,
+    /// Failed commits of the clients' disks.
+    pub(crate) disk_failures: u64,
 }
 
 /// A simulated client driven by the core [`Client`]. See the [module docs](self).
@@ -142,7 +185,11 @@ pub(crate) struct CoreSimClient {
     pub(crate) version: ProtocolVersion,
     /// Clean Session 0.
     pub(crate) persistent: bool,
+    /// What every process of this client is made from.
+    config: ClientConfig,
     client: Client,
+    /// The client's own disk (durable persistence), which survives its crashes.
+    disk: Option<ClientDisk>,
     rng: SimRng,
     mode: Mode,
     start: u64,
@@ -157,15 +204,24 @@ pub(crate) struct CoreSimClient {
     next_action: u64,
     action_gap: (u64, u64),
     seq: u32,
-    commands: BTreeMap<Token, Tracked>,
-    /// Tokens of the client's own resubscriptions that completed.
+    /// The application's commands by number (across the client's processes).
+    commands: BTreeMap<u64, Tracked>,
+    /// The current process's tokens: the command each stands for.
+    tokens: BTreeMap<Token, u64>,
+    /// The current process's message records (`PutMessage` ids): the command each stores.
+    records: BTreeMap<u64, u64>,
+    /// The number the next command gets.
+    next_cmd: u64,
+    /// The command being issued (its `PutMessage` is drained with it).
+    issuing: Option<u64>,
+    /// Tokens of the client's own resubscriptions that completed (current process).
     internal: BTreeSet<Token>,
     /// The application's view: filters whose subscribe completed and not unsubscribed since.
     subscribed: BTreeMap<String, QoS>,
     /// Broker-to-client bytes of the current transport, decoded to tap the PUBLISH packets.
     wire: BytesMut,
-    /// Within a `Received` input: the messages the client handed to the application.
-    receiving: Option<Vec<Publish>>,
+    /// Packets that arrived and whose hand-over is not decided yet, oldest first.
+    awaiting: VecDeque<Arrival>,
     /// QoS 2 messages handed to the application whose PUBREL has not arrived: packet
     /// identifier to payload, the transport and the session incarnation it came on.
     handed_qos2: BTreeMap<u16, (Bytes, u64, Option<u32>)>,
@@ -176,11 +232,11 @@ pub(crate) struct CoreSimClient {
     session_inc: Option<u32>,
     /// Filters of UNSUBSCRIBE packets transmitted whose command has not completed.
     unsubscribing: BTreeSet<String>,
-    /// Filters on which the application and the broker may disagree (a known bug or the
-    /// Session Present ambiguity), with the last token issued then.
-    tainted: BTreeMap<String, Token>,
-    /// The last token given out.
-    last_token: Option<Token>,
+    /// Filters on which the application and the broker may disagree (a known bug, the
+    /// Session Present ambiguity, a crash), with the last command issued then.
+    tainted: BTreeMap<String, u64>,
+    /// The last command issued.
+    last_cmd: Option<u64>,
     /// Packet identifier to the message of the last QoS 1/2 PUBLISH sent with it (kept only
     /// when a mutation needs it).
     sent_ids: Option<BTreeMap<u16, Uid>>,
@@ -205,6 +261,7 @@ impl CoreSimClient {
         action_gap: (u64, u64),
         start: u64,
         mut rng: SimRng,
+        disk: Option<ClientDisk>,
     ) -> Self {
         let mut config = ClientConfig::new(MqttString::new(&client_id).expect("valid client id"));
         config.version = version;
@@ -222,12 +279,21 @@ impl CoreSimClient {
             max: Duration::from_millis(rng.range(2_000, 30_000)),
         });
         config.seed = rng.next_u64();
+        if disk.is_some() {
+            config.persistence = Persistence::Durable;
+        }
+        let stats = CoreStats {
+            durable: u64::from(disk.is_some()),
+            ..CoreStats::default()
+        };
         Self {
             index,
             client_id,
             version,
             persistent,
-            client: Client::new(config, Instant::from_millis(start)),
+            client: Client::new(config.clone(), Instant::from_millis(start)),
+            config,
+            disk,
             rng,
             mode: Mode::Work,
             start,
@@ -240,33 +306,55 @@ impl CoreSimClient {
             action_gap,
             seq: 0,
             commands: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+            records: BTreeMap::new(),
+            next_cmd: 1,
+            issuing: None,
             internal: BTreeSet::new(),
             subscribed: BTreeMap::new(),
             wire: BytesMut::new(),
-            receiving: None,
+            awaiting: VecDeque::new(),
             handed_qos2: BTreeMap::new(),
             inc: None,
             session_inc: None,
             unsubscribing: BTreeSet::new(),
             tainted: BTreeMap::new(),
-            last_token: None,
+            last_cmd: None,
             sent_ids: None,
             lost_ack: None,
             protocol_errors: 0,
             paused_until: 0,
-            stats: CoreStats::default(),
+            stats,
         }
     }
 
     // ---- getters ------------------------------------------------------------------------
 
-    /// Connected, with nothing in flight and nothing queued in the client.
+    /// Connected, with nothing in flight and nothing queued in the client, nothing waiting for
+    /// its disk, every arrived packet's hand-over decided.
     pub(crate) fn is_settled(&self) -> bool {
         self.started
             && !self.stopped
             && self.client.is_connected()
             && self.client.inflight_len() == 0
             && self.client.queued_len() == 0
+            && !self.client.awaiting_commit()
+            && self.disk.as_ref().is_none_or(ClientDisk::is_idle)
+            && self.awaiting.is_empty()
+    }
+
+    /// Has a disk of its own, so its process may crash.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// Messages that reached the client but whose hand-over waits for a commit: session
+    /// incarnation and identity (they reached the client, whatever a broker crash does).
+    pub(crate) fn undecided(&self) -> impl Iterator<Item = (u32, Uid)> + '_ {
+        self.awaiting.iter().filter_map(|a| match &a.packet {
+            Packet::Publish(p) if !p.retain => Some((a.via?.1, Uid::parse(&p.payload)?)),
+            _ => None,
+        })
     }
 
     /// Stopped for good.
@@ -312,6 +400,9 @@ impl CoreSimClient {
         if self.mode == Mode::Work {
             due = Some(due.map_or(self.next_action, |d| d.min(self.next_action)));
         }
+        if let Some(t) = self.disk.as_ref().and_then(ClientDisk::next_due) {
+            due = Some(due.map_or(t, |d| d.min(t)));
+        }
         due
     }
 
@@ -319,13 +410,11 @@ impl CoreSimClient {
     pub(crate) fn unfinished(&self) -> Vec<String> {
         self.commands
             .iter()
-            .filter(|(_, t)| t.completed_at.is_none())
-            .map(|(token, t)| {
+            .filter(|(_, t)| t.completed_at.is_none() && !t.dropped)
+            .map(|(cmd, t)| {
                 format!(
-                    "token {} issued at {} ms: {:?}",
-                    token.get(),
-                    t.issued_at,
-                    t.command
+                    "command {cmd} issued at {} ms (stored: {}): {:?}",
+                    t.issued_at, t.stored, t.command
                 )
             })
             .collect()
@@ -377,7 +466,7 @@ impl CoreSimClient {
     /// know (Session Present 1). They are left out of the end-of-run comparison until the
     /// application's next command about each completes, like the `EXCUSE_` cases.
     pub(crate) fn session_changed_by_crash(&mut self, filters: &BTreeSet<String>) {
-        if let Some(last) = self.last_token {
+        if let Some(last) = self.last_cmd {
             self.stats.crash_tainted += filters.len() as u64;
             for f in filters {
                 self.tainted.insert(f.clone(), last);
@@ -439,6 +528,7 @@ impl CoreSimClient {
                 .handle_input(Instant::from_millis(now), ClientInput::Timeout);
             self.pump(ctx);
         }
+        self.commit_due(ctx);
         if now >= self.next_action {
             self.next_action = now + self.rng.range(self.action_gap.0, self.action_gap.1);
             if self.mode == Mode::Work {
@@ -447,15 +537,28 @@ impl CoreSimClient {
         }
     }
 
-    /// Bytes arrived from the broker on a connection bound to session incarnation `inc`.
-    pub(crate) fn on_data(&mut self, ctx: &mut Ctx, data: Bytes, inc: Option<u32>) {
+    /// Bytes arrived from the broker on connection `conn`, bound to session incarnation `inc`.
+    pub(crate) fn on_data(
+        &mut self,
+        ctx: &mut Ctx,
+        data: Bytes,
+        conn: Option<ConnId>,
+        inc: Option<u32>,
+    ) {
         let now = ctx.now;
         self.inc = inc;
         self.wire.extend_from_slice(&data);
-        let mut arrived = Vec::new();
         loop {
             match decode_buf(&mut self.wire, self.version, MAX_PACKET_SIZE) {
-                Ok(Some(p @ (Packet::Publish(_) | Packet::PubRel(_)))) => arrived.push(p),
+                Ok(Some(packet @ (Packet::Publish(_) | Packet::PubRel(_)))) => {
+                    self.awaiting.push_back(Arrival {
+                        packet,
+                        via: conn.zip(inc),
+                        inc,
+                        transport: self.transports,
+                        errors: self.protocol_errors,
+                    });
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(_) => {
@@ -465,72 +568,97 @@ impl CoreSimClient {
                 }
             }
         }
-        let errors = self.protocol_errors;
-        self.receiving = Some(Vec::new());
         self.client
             .handle_input(Instant::from_millis(now), ClientInput::Received(data));
         self.pump(ctx);
-        let handed = self.receiving.take().unwrap_or_default();
-        let mut handed = handed.into_iter().peekable();
-        for packet in arrived {
-            let publish = match packet {
-                Packet::PubRel(rel) => {
-                    self.handed_qos2.remove(&rel.packet_id.get());
-                    continue;
-                }
-                Packet::Publish(publish) => publish,
-                _ => continue,
-            };
-            let mut app_new = handed.peek() == Some(&publish);
-            let mut app_level = true;
-            if app_new {
-                handed.next();
-            } else if let (QoS::ExactlyOnce, Some(id)) = (publish.qos, publish.packet_id) {
-                // Taken for a duplicate of a message of another session incarnation.
-                let stale = self
-                    .handed_qos2
-                    .get(&id.get())
-                    .is_some_and(|(_, _, on)| *on != self.inc);
-                if EXCUSE_SESSION_REPLACED_UNSEEN && stale {
-                    self.stats.ambiguous += 1;
-                    app_level = false;
-                }
-            } else if self.protocol_errors == errors {
+    }
+
+    /// The application got `message`: the arrivals before it were not handed over (QoS 2
+    /// duplicates), it was.
+    fn handed(&mut self, ctx: &mut Ctx, message: Publish) {
+        loop {
+            let Some(arrival) = self.awaiting.pop_front() else {
                 ctx.notes.push(Note::Problem(format!(
-                    "core client did not hand a QoS {} PUBLISH ({:?}) to the application",
-                    publish.qos.as_u8(),
-                    Uid::parse(&publish.payload)
+                    "core client handed the application a message that did not arrive (or out of \
+                     order): {:?} on {}",
+                    Uid::parse(&message.payload),
+                    message.topic.as_str()
                 )));
+                return;
+            };
+            let is_it = matches!(&arrival.packet, Packet::Publish(p) if *p == message);
+            self.judge(ctx, arrival, is_it, false);
+            if is_it {
+                return;
             }
-            if let (true, QoS::ExactlyOnce, Some(id)) = (app_new, publish.qos, publish.packet_id) {
-                let handed = (publish.payload.clone(), self.transports, self.inc);
-                let earlier = self.handed_qos2.insert(id.get(), handed);
-                let known_bug = EXCUSE_V3_1_QOS2_REDELIVERY
-                    && self.version == ProtocolVersion::V3_1
-                    && self.persistent
-                    && publish.dup
-                    && earlier.is_some_and(|(payload, on, _)| {
-                        payload == publish.payload && on != self.transports
-                    });
-                if known_bug {
-                    self.stats.excused += 1;
-                    app_new = false;
-                }
-            }
-            ctx.notes.push(Note::Receipt {
-                publish,
-                app_new,
-                app_level,
-            });
         }
-        for extra in handed {
+    }
+
+    /// Every arrival whose hand-over is still open was not handed over, once the client holds
+    /// nothing back for its disk any more (or its process is gone: `crashed`).
+    fn decide_rest(&mut self, ctx: &mut Ctx, crashed: bool) {
+        if !crashed && self.client.awaiting_commit() {
+            return;
+        }
+        while let Some(arrival) = self.awaiting.pop_front() {
+            self.judge(ctx, arrival, false, crashed);
+        }
+    }
+
+    /// One arrival's fate, for the checker: `app_new` if the application got it.
+    fn judge(&mut self, ctx: &mut Ctx, arrival: Arrival, mut app_new: bool, crashed: bool) {
+        let publish = match arrival.packet {
+            Packet::PubRel(rel) => {
+                self.handed_qos2.remove(&rel.packet_id.get());
+                return;
+            }
+            Packet::Publish(publish) => publish,
+            _ => return,
+        };
+        let mut app_level = true;
+        let qos2_id = (publish.qos == QoS::ExactlyOnce)
+            .then_some(publish.packet_id)
+            .flatten();
+        if let (false, Some(id)) = (app_new, qos2_id) {
+            // Taken for a duplicate of a message of another session incarnation.
+            let stale = self
+                .handed_qos2
+                .get(&id.get())
+                .is_some_and(|(_, _, on)| *on != arrival.inc);
+            if EXCUSE_SESSION_REPLACED_UNSEEN && stale {
+                self.stats.ambiguous += 1;
+                app_level = false;
+            }
+        } else if !app_new && !crashed && self.protocol_errors == arrival.errors {
+            // (After a crash: held for a commit the crash lost, not acknowledged either, so
+            // resent.)
             ctx.notes.push(Note::Problem(format!(
-                "core client handed the application a message that did not arrive (or out of \
-                 order): {:?} on {}",
-                Uid::parse(&extra.payload),
-                extra.topic.as_str()
+                "core client did not hand a QoS {} PUBLISH ({:?}) to the application",
+                publish.qos.as_u8(),
+                Uid::parse(&publish.payload)
             )));
         }
+        if let (true, QoS::ExactlyOnce, Some(id)) = (app_new, publish.qos, publish.packet_id) {
+            let handed = (publish.payload.clone(), arrival.transport, arrival.inc);
+            let earlier = self.handed_qos2.insert(id.get(), handed);
+            let known_bug = EXCUSE_V3_1_QOS2_REDELIVERY
+                && self.version == ProtocolVersion::V3_1
+                && self.persistent
+                && publish.dup
+                && earlier.is_some_and(|(payload, on, _)| {
+                    payload == publish.payload && on != arrival.transport
+                });
+            if known_bug {
+                self.stats.excused += 1;
+                app_new = false;
+            }
+        }
+        ctx.notes.push(Note::Receipt {
+            publish,
+            app_new,
+            app_level,
+            via: arrival.via,
+        });
     }
 
     /// The connection ended under the client (EOF from the broker, or a reset).
@@ -568,8 +696,10 @@ impl CoreSimClient {
 
     // ---- internals ----------------------------------------------------------------------
 
-    /// Drains the client's outputs into actions and notes.
+    /// Drains the client's outputs into actions and notes; the store operations drained
+    /// together go to the disk as one atomic group.
     fn pump(&mut self, ctx: &mut Ctx) {
+        let mut group = Vec::new();
         while let Some(output) = self.client.poll_output() {
             match output {
                 ClientOutput::OpenTransport => {
@@ -589,10 +719,187 @@ impl CoreSimClient {
                     ctx.actions.push(Action::Fin);
                 }
                 ClientOutput::Event(event) => self.on_event(ctx, event),
-                // The simulated clients do not persist.
-                ClientOutput::Store { .. } => {}
+                ClientOutput::Store { seq, op } => {
+                    if let StoreOp::PutMessage { id, .. } = &op
+                        && !self.records.contains_key(id)
+                    {
+                        match self.issuing {
+                            Some(cmd) => {
+                                self.records.insert(*id, cmd);
+                            }
+                            None => ctx.notes.push(Note::Problem(format!(
+                                "core client stored message record {id} for no command"
+                            ))),
+                        }
+                    }
+                    group.push((seq, op));
+                }
             }
         }
+        match self.disk.as_mut() {
+            Some(disk) => {
+                disk.push(group);
+                disk.start_if_idle(ctx.now);
+            }
+            None if !group.is_empty() => ctx.notes.push(Note::Problem(
+                "core client emitted store operations without persistence".into(),
+            )),
+            None => {}
+        }
+        self.decide_rest(ctx, false);
+    }
+
+    /// Finishes a due commit of the disk: the messages it stored are owed to their subscribers
+    /// from now on, and the client hears `StoreDone`.
+    fn commit_due(&mut self, ctx: &mut Ctx) {
+        let Some(finished) = self.disk.as_mut().and_then(|d| d.finish_due(ctx.now)) else {
+            return;
+        };
+        for record in finished.stored {
+            let Some(tracked) = self
+                .records
+                .get(&record)
+                .and_then(|cmd| self.commands.get_mut(cmd))
+            else {
+                continue;
+            };
+            tracked.stored = true;
+            if let Command::Publish {
+                uid: Some(uid),
+                qos: QoS::AtLeastOnce | QoS::ExactlyOnce,
+            } = tracked.command
+            {
+                ctx.notes.push(Note::Stored(uid));
+            }
+        }
+        if let Some(disk) = &self.disk {
+            self.stats.disk_commits = disk.stats.commits;
+            self.stats.disk_failures = disk.stats.failures;
+        }
+        if let Some((seq, ok)) = finished.done {
+            let result = if ok {
+                Ok(())
+            } else {
+                Err(StoreFailure("simulated client disk failure".into()))
+            };
+            self.client.handle_input(
+                Instant::from_millis(ctx.now),
+                ClientInput::StoreDone { seq, result },
+            );
+        }
+        self.pump(ctx);
+        if let Some(disk) = self.disk.as_mut() {
+            disk.start_if_idle(ctx.now);
+        }
+    }
+
+    /// The client's process crashes (the world has already dropped its connection): the
+    /// [`Client`] and every group its disk had not committed are gone. A new process is made
+    /// from the same configuration and restored from the disk; its restored publishes carry new
+    /// tokens, mapped to the application's commands through their message records. Commands
+    /// that were not stored are not expected to complete; the application's own record (what
+    /// it received, its subscriptions) survives, and the filters a crash may have changed are
+    /// left out of the end-of-run comparison until its next command about each completes.
+    pub(crate) fn crash(&mut self, ctx: &mut Ctx) {
+        let now = ctx.now;
+        let Some(disk) = self.disk.as_mut() else {
+            return;
+        };
+        if !self.started || self.stopped {
+            return;
+        }
+        self.stats.crashes += 1;
+        disk.crash();
+        let snapshot = disk.snapshot();
+        self.decide_rest(ctx, true);
+        self.wire.clear();
+        self.up_at = None;
+        self.fail_at = None;
+        self.unsubscribing.clear();
+        let mut client = Client::new(self.config.clone(), Instant::from_millis(now));
+        let report = match client.restore(snapshot.clone()) {
+            Ok(report) => report,
+            Err(e) => {
+                ctx.notes
+                    .push(Note::Problem(format!("restoring the client failed: {e:?}")));
+                return;
+            }
+        };
+        self.client = client;
+        let old_records = std::mem::take(&mut self.records);
+        self.tokens.clear();
+        self.internal.clear();
+        let mut deliveries = snapshot.deliveries;
+        deliveries.sort_by_key(|d| d.seq);
+        if report.publishes.len() != deliveries.len() || report.ignored + report.over_capacity > 0 {
+            ctx.notes.push(Note::Problem(format!(
+                "the restored client resumed {report} from {} stored deliveries",
+                deliveries.len()
+            )));
+        }
+        let mut restored = BTreeSet::new();
+        for ((token, ..), delivery) in report.publishes.iter().zip(&deliveries) {
+            let Some(&cmd) = old_records.get(&delivery.message) else {
+                ctx.notes.push(Note::Problem(format!(
+                    "restored message record {} belongs to no command",
+                    delivery.message
+                )));
+                continue;
+            };
+            self.stats.restored += 1;
+            restored.insert(cmd);
+            self.tokens.insert(*token, cmd);
+            self.records.insert(delivery.message, cmd);
+            if let Some(at) = self.commands.get(&cmd).and_then(|t| t.completed_at) {
+                // A durable client reports a completion only once the records' deletion is
+                // committed: a completed publish never comes back.
+                ctx.notes.push(Note::Problem(format!(
+                    "command {cmd} completed at {at} ms and came back from the disk after a crash"
+                )));
+            }
+        }
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for (cmd, tracked) in &mut self.commands {
+            if tracked.completed_at.is_some() || tracked.dropped || restored.contains(cmd) {
+                continue;
+            }
+            if tracked.stored {
+                ctx.notes.push(Note::Problem(format!(
+                    "command {cmd} ({:?}) was stored, not completed, and not restored after a \
+                     crash",
+                    tracked.command
+                )));
+            }
+            tracked.dropped = true;
+            self.stats.dropped += 1;
+            match &tracked.command {
+                Command::Subscribe(filters) => {
+                    changed.extend(filters.iter().map(|(f, _)| f.clone()));
+                }
+                Command::Unsubscribe(filters) => changed.extend(filters.iter().cloned()),
+                Command::Publish { .. } => {}
+            }
+        }
+        // The session record on disk may lag behind what the application was told.
+        let on_disk: BTreeMap<String, QoS> = snapshot
+            .sessions
+            .iter()
+            .filter(|s| s.client_id.as_str() == self.client_id)
+            .flat_map(|s| &s.subscriptions)
+            .map(|(f, o)| (f.as_str().to_owned(), o.qos))
+            .collect();
+        for (filter, qos) in on_disk.iter().chain(&self.subscribed) {
+            if on_disk.get(filter) != Some(qos) || self.subscribed.get(filter) != Some(qos) {
+                changed.insert(filter.clone());
+            }
+        }
+        if let Some(last) = self.last_cmd {
+            self.stats.crash_tainted += changed.len() as u64;
+            for filter in changed {
+                self.tainted.insert(filter, last);
+            }
+        }
+        self.pump(ctx);
     }
 
     /// Taps what the client transmits: the filters of its UNSUBSCRIBE packets (for the
@@ -646,7 +953,7 @@ impl CoreSimClient {
                 }
                 if unseen
                     && EXCUSE_SESSION_REPLACED_UNSEEN
-                    && let Some(last) = self.last_token
+                    && let Some(last) = self.last_cmd
                 {
                     self.stats.ambiguous += 1;
                     for f in self.subscribed.keys() {
@@ -655,7 +962,7 @@ impl CoreSimClient {
                 }
                 if session_present {
                     self.stats.resumed += 1;
-                } else if EXCUSE_RESUBSCRIBE_AFTER_UNSUBSCRIBE && let Some(last) = self.last_token {
+                } else if EXCUSE_RESUBSCRIBE_AFTER_UNSUBSCRIBE && let Some(last) = self.last_cmd {
                     // The client remakes every filter it holds, also one being unsubscribed.
                     for f in &self.unsubscribing {
                         if self.subscribed.contains_key(f) || self.tainted.contains_key(f) {
@@ -673,16 +980,11 @@ impl CoreSimClient {
             ClientEvent::Disconnected => {}
             ClientEvent::Message(message) => {
                 self.stats.messages += 1;
-                match self.receiving.as_mut() {
-                    Some(list) => list.push(message.publish),
-                    None => ctx.notes.push(Note::Problem(format!(
-                        "core client handed the application a message with no input: {:?}",
-                        Uid::parse(&message.publish.payload)
-                    ))),
-                }
+                self.handed(ctx, message.publish);
             }
+            ClientEvent::StoreFailed(_) if self.disk.is_some() => {}
             ClientEvent::Published { token, reason } => {
-                let Some(command) = self.complete(ctx, token, "publish") else {
+                let Some((_, command)) = self.complete(ctx, token, "publish") else {
                     return;
                 };
                 let Command::Publish { uid, qos } = command else {
@@ -711,7 +1013,7 @@ impl CoreSimClient {
                 }
             }
             ClientEvent::Subscribed { token, reasons } => {
-                if !self.commands.contains_key(&token) {
+                if !self.tokens.contains_key(&token) {
                     // The client's own resubscription after Session Present 0.
                     self.stats.resubscribes += 1;
                     if !self.internal.insert(token) {
@@ -722,7 +1024,7 @@ impl CoreSimClient {
                     }
                     return;
                 }
-                let Some(command) = self.complete(ctx, token, "subscribe") else {
+                let Some((cmd, command)) = self.complete(ctx, token, "subscribe") else {
                     return;
                 };
                 let Command::Subscribe(filters) = command else {
@@ -748,14 +1050,14 @@ impl CoreSimClient {
                     )));
                 }
                 for ((filter, _), granted) in filters.into_iter().zip(granted) {
-                    self.untaint(&filter, token);
+                    self.untaint(&filter, cmd);
                     if let Some(qos) = granted {
                         self.subscribed.insert(filter, qos);
                     }
                 }
             }
             ClientEvent::Unsubscribed { token, .. } => {
-                let Some(command) = self.complete(ctx, token, "unsubscribe") else {
+                let Some((cmd, command)) = self.complete(ctx, token, "unsubscribe") else {
                     return;
                 };
                 let Command::Unsubscribe(filters) = command else {
@@ -767,9 +1069,10 @@ impl CoreSimClient {
                 };
                 for filter in &filters {
                     self.subscribed.remove(filter);
-                    self.untaint(filter, token);
+                    self.untaint(filter, cmd);
                     let pending = self.commands.values().any(|t| {
                         t.completed_at.is_none()
+                            && !t.dropped
                             && matches!(&t.command, Command::Unsubscribe(f) if f.contains(filter))
                     });
                     if !pending {
@@ -797,16 +1100,18 @@ impl CoreSimClient {
 
     /// A command issued after `filter` was tainted completed: the application and the broker
     /// agree about that filter again.
-    fn untaint(&mut self, filter: &str, token: Token) {
-        if self.tainted.get(filter).is_some_and(|&last| token > last) {
+    fn untaint(&mut self, filter: &str, cmd: u64) {
+        if self.tainted.get(filter).is_some_and(|&last| cmd > last) {
             self.tainted.remove(filter);
         }
     }
 
-    /// Marks `token` complete; `None` (with a problem noted) if it was unknown or done already.
-    fn complete(&mut self, ctx: &mut Ctx, token: Token, what: &str) -> Option<Command> {
+    /// Marks `token`'s command complete; `None` (with a problem noted) if it was unknown or
+    /// done already.
+    fn complete(&mut self, ctx: &mut Ctx, token: Token, what: &str) -> Option<(u64, Command)> {
         self.stats.completions += 1;
-        let Some(tracked) = self.commands.get_mut(&token) else {
+        let cmd = self.tokens.get(&token).copied();
+        let Some(tracked) = cmd.and_then(|cmd| self.commands.get_mut(&cmd)) else {
             ctx.notes.push(Note::Problem(format!(
                 "a {what} completed for token {} that was never issued",
                 token.get()
@@ -822,22 +1127,28 @@ impl CoreSimClient {
             return None;
         }
         tracked.completed_at = Some(ctx.now);
-        Some(tracked.command.clone())
+        Some((cmd?, tracked.command.clone()))
     }
 
     fn issued(&mut self, ctx: &mut Ctx, result: Result<Token, ClientError>, command: Command) {
         match result {
             Ok(token) => {
                 self.stats.commands += 1;
-                self.last_token = Some(token);
-                let old = self.commands.insert(
-                    token,
+                let cmd = self.next_cmd;
+                self.next_cmd += 1;
+                self.last_cmd = Some(cmd);
+                self.commands.insert(
+                    cmd,
                     Tracked {
                         command,
                         issued_at: ctx.now,
                         completed_at: None,
+                        stored: false,
+                        dropped: false,
                     },
                 );
+                self.issuing = Some(cmd);
+                let old = self.tokens.insert(token, cmd);
                 if old.is_some() || self.internal.contains(&token) {
                     ctx.notes.push(Note::Problem(format!(
                         "the client gave out token {} twice",
@@ -851,6 +1162,7 @@ impl CoreSimClient {
             ))),
         }
         self.pump(ctx);
+        self.issuing = None;
     }
 
     fn random_qos(&mut self) -> QoS {

@@ -134,6 +134,10 @@ pub(crate) struct MessageInfo {
     pub(crate) publisher_persistent: Option<bool>,
 }
 
+/// A filter of a SUBSCRIBE awaiting its SUBACK: the filter, its QoS, and the packet's number
+/// (see `Incarnation::filter_changes`).
+type SubscribedFilter = (String, QoS, u64);
+
 /// A session as the spec defines it, from creation to discard.
 #[derive(Debug)]
 pub(crate) struct Incarnation {
@@ -148,6 +152,10 @@ pub(crate) struct Incarnation {
     /// Filter to the QoS a SUBACK confirmed (the lower of old and new while a replacing
     /// SUBSCRIBE awaits its SUBACK): what durable mode must have committed.
     durable_subs: BTreeMap<String, QoS>,
+    /// Per filter, the number of the last SUBSCRIBE or UNSUBSCRIBE that named it: a SUBACK
+    /// confirms a filter only if no later packet changed it (an UNSUBSCRIBE processed after the
+    /// SUBSCRIBE, and a new SUBSCRIBE not yet acknowledged, leave nothing confirmed).
+    filter_changes: BTreeMap<String, u64>,
     /// Some message was routed to it at QoS 2 (its connection may have a PUBLISH held until a
     /// commit).
     qos2_routed: bool,
@@ -240,7 +248,9 @@ pub(crate) struct Model {
     pub(crate) messages: BTreeMap<Uid, MessageInfo>,
     expected_subacks: BTreeMap<(ConnId, u16), Vec<QoS>>,
     /// The filters of each SUBSCRIBE awaiting its SUBACK.
-    subscribe_filters: BTreeMap<(ConnId, u16), Vec<(String, QoS)>>,
+    subscribe_filters: BTreeMap<(ConnId, u16), Vec<SubscribedFilter>>,
+    /// Numbers the SUBSCRIBE and UNSUBSCRIBE packets (see `Incarnation::filter_changes`).
+    next_change: u64,
     /// (incarnation, message) to the number of its deliveries a crash restored from the disk:
     /// each may be sent again, without DUP if it was queued (see the checker).
     pub(crate) restored: BTreeMap<(u32, Uid), u32>,
@@ -298,6 +308,7 @@ impl Model {
             messages: BTreeMap::new(),
             expected_subacks: BTreeMap::new(),
             subscribe_filters: BTreeMap::new(),
+            next_change: 0,
             restored: BTreeMap::new(),
             retained_history: BTreeMap::new(),
             discarded_by_clean: BTreeSet::new(),
@@ -550,8 +561,10 @@ impl Model {
                     let inc = c.inc.and_then(|inc| self.incs.get_mut(&inc));
                     if let (Some(filters), Some(inc)) = (self.subscribe_filters.remove(&key), inc) {
                         // Durable mode sends SUBACK only once the subscriptions are committed.
-                        for (filter, qos) in filters {
-                            if inc.subs.get(&filter) == Some(&qos) {
+                        for (filter, qos, change) in filters {
+                            if inc.subs.get(&filter) == Some(&qos)
+                                && inc.filter_changes.get(&filter) == Some(&change)
+                            {
                                 inc.durable_subs.insert(filter, qos);
                             }
                         }
@@ -962,12 +975,15 @@ impl Model {
             Packet::Subscribe(s) => {
                 let mut granted = Vec::new();
                 let mut filters = Vec::new();
+                let change = self.next_change;
+                self.next_change += 1;
                 for (filter, options) in &s.filters {
                     let f = filter.as_str().to_owned();
                     let qos = options.qos;
                     granted.push(qos);
-                    filters.push((f.clone(), qos));
+                    filters.push((f.clone(), qos, change));
                     if let Some(i) = self.incs.get_mut(&inc) {
+                        i.filter_changes.insert(f.clone(), change);
                         // Until its SUBACK, a replacement may or may not be what is committed.
                         if let Some(old) = i.durable_subs.get_mut(&f) {
                             *old = (*old).min(qos);
@@ -999,8 +1015,11 @@ impl Model {
                     .insert((conn, s.packet_id.get()), filters);
             }
             Packet::Unsubscribe(u) => {
+                let change = self.next_change;
+                self.next_change += 1;
                 for filter in &u.filters {
                     if let Some(i) = self.incs.get_mut(&inc) {
+                        i.filter_changes.insert(filter.as_str().to_owned(), change);
                         i.durable_subs.remove(filter.as_str());
                         if i.subs.remove(filter.as_str()).is_some() {
                             self.sub_count -= 1;
@@ -1060,6 +1079,7 @@ impl Model {
                         conn: None,
                         subs: BTreeMap::new(),
                         durable_subs: BTreeMap::new(),
+                        filter_changes: BTreeMap::new(),
                         qos2_routed: false,
                         awaiting_release: BTreeSet::new(),
                         outbound_ids: BTreeSet::new(),

@@ -40,6 +40,7 @@ use surgemq_core::time::Instant;
 use super::actor::Actor;
 use super::checker::{self, DeliveryStats, Receipt};
 use super::client::{Action, Ctx, Mode, Note, Role, SimClient};
+use super::client_disk::ClientDisk;
 use super::core_client::{CoreSimClient, CoreStats};
 use super::link::{Link, LinkParams};
 use super::message::Uid;
@@ -87,6 +88,10 @@ struct Counters {
     crashes: u64,
 }
 
+/// Seeds the generator of the core clients' disks and process crashes (its own, so that worlds
+/// without them are exactly the worlds they were before).
+const CLIENT_DISK_SEED: u64 = 0x636c_6965_6e74_6473;
+
 /// One run. See the [module docs](self).
 pub(crate) struct World {
     seed: u64,
@@ -107,6 +112,10 @@ pub(crate) struct World {
     receipts: Vec<Receipt>,
     /// Messages whose publisher saw them acknowledged, with when it first did.
     acked: BTreeMap<Uid, u64>,
+    /// Messages a durable core client's disk committed, with when it first did.
+    stored: BTreeMap<Uid, u64>,
+    /// When a core client's process crashes (work phase): time and client, earliest first.
+    client_crashes: Vec<(u64, usize)>,
     /// The disk under the broker (persistence on), and its commits.
     store: SimStore,
     /// When the broker crashes (work phase), earliest first.
@@ -254,6 +263,7 @@ impl World {
         // Clients driven by the core client state machine, in the same world.
         // A lighter workload than the hand-written mains' (they run the same fault schedule).
         let core_gap = (action_gap.0 * 2, action_gap.1 * 2);
+        let mut drng = SimRng::new(seed ^ CLIENT_DISK_SEED);
         for k in 1..=rng.range(1, 2) {
             let index = clients.len();
             let version = if rng.chance(150) {
@@ -265,6 +275,22 @@ impl World {
             let persistent = rng.chance(600);
             let start = rng.below(2_000);
             let fork = rng.fork();
+            // About half the persistent core clients of durable worlds keep their session on a
+            // disk of their own.
+            let disk = (persistent && persistence == Persistence::Durable && drng.chance(500))
+                .then(|| {
+                    let latency = if drng.chance(200) {
+                        (20, drng.range(200, 2_000))
+                    } else {
+                        (1, drng.range(5, 60))
+                    };
+                    let fail = if drng.chance(300) {
+                        drng.range(10, 80)
+                    } else {
+                        0
+                    };
+                    ClientDisk::new(latency, fail, drng.fork())
+                });
             clients.push(Actor::Core(Box::new(CoreSimClient::new(
                 index,
                 format!("k{k}"),
@@ -274,6 +300,7 @@ impl World {
                 core_gap,
                 start,
                 fork,
+                disk,
             ))));
         }
         let victims: Vec<String> = clients[1..]
@@ -315,6 +342,18 @@ impl World {
             work = work.max(90_000);
             work / 3
         });
+        // Most durable core clients' processes crash, one to three times (never in a mutant run,
+        // which must fail for its own reason).
+        let mut client_crashes = Vec::new();
+        for (i, client) in clients.iter().enumerate() {
+            if client.core().is_some_and(CoreSimClient::is_durable) && !mutated && drng.chance(700)
+            {
+                for _ in 0..drng.range(1, 3) {
+                    client_crashes.push((drng.range(2_500, work - 1_000), i));
+                }
+            }
+        }
+        client_crashes.sort_unstable();
         Self {
             seed,
             now: 0,
@@ -337,6 +376,8 @@ impl World {
             down_until: vec![0; n],
             receipts: Vec::new(),
             acked: BTreeMap::new(),
+            stored: BTreeMap::new(),
+            client_crashes,
             store: SimStore::new(persistence, store_latency, fail_per_mille),
             crashes,
             lose_at,
@@ -410,6 +451,12 @@ impl World {
                 k.ambiguous += x.ambiguous;
                 k.lost_ack_resent += x.lost_ack_resent;
                 k.crash_tainted += x.crash_tainted;
+                k.durable += x.durable;
+                k.crashes += x.crashes;
+                k.restored += x.restored;
+                k.dropped += x.dropped;
+                k.disk_commits += x.disk_commits;
+                k.disk_failures += x.disk_failures;
                 k
             },
         );
@@ -420,7 +467,8 @@ impl World {
              window_stalls={} inflight_max={} unflushed_max={} retry={:?} | core: clients={} \
              commands={} completions={} queue_full={} connacks={} resumed={} timeouts={} failed_opens={} \
              messages={} resubscribes={} excused_bugs={} ambiguous={} crash_tainted={} \
-             | store: {:?} ops={} commits={} failures={} failed_closes={} lost_ops={} crashes={} \
+             durable={} client_crashes={} restored={} dropped={} stored={} \
+             disk_commits={} disk_failures={} | store: {:?} ops={} commits={} failures={} failed_closes={} lost_ops={} crashes={} \
              revived={} vanished={} lost_routes={} restored={} held_back={} \
              crashed_unrewritten={} forgotten_ids={} \
              excused_revived={} durable_owed={}",
@@ -461,6 +509,13 @@ impl World {
             k.excused,
             k.ambiguous,
             k.crash_tainted,
+            k.durable,
+            k.crashes,
+            k.restored,
+            k.dropped,
+            self.stored.len(),
+            k.disk_commits,
+            k.disk_failures,
             self.store.mode,
             self.store.stats.ops,
             self.store.stats.commits,
@@ -489,6 +544,9 @@ impl World {
             self.store.stats.commits,
             self.store.stats.failures,
             c.crashes,
+            k.crashes,
+            k.restored,
+            k.disk_commits,
         ] {
             trace.u64(n);
         }
@@ -531,6 +589,9 @@ impl World {
             t = t.min(at);
         }
         if let (Some(&at), Phase::Work { .. }) = (self.crashes.first(), self.phase) {
+            t = t.min(at.max(now));
+        }
+        if let (Some(&(at, _)), Phase::Work { .. }) = (self.client_crashes.first(), self.phase) {
             t = t.min(at.max(now));
         }
         if let Some(at) = self.lose_at.into_iter().chain(self.lose_crash_by).min() {
@@ -599,6 +660,15 @@ impl World {
         if working && self.crashes.first().is_some_and(|&at| now >= at) {
             self.crashes.remove(0);
             self.crash();
+        }
+        while working
+            && self
+                .client_crashes
+                .first()
+                .is_some_and(|&(at, _)| now >= at)
+        {
+            let (_, i) = self.client_crashes.remove(0);
+            self.crash_client(i);
         }
         self.step_store_mutation();
         if working && !self.faults_off && now >= self.next_fault {
@@ -827,6 +897,12 @@ impl World {
             .iter()
             .filter(|r| !r.retain)
             .filter_map(|r| Some((r.inc, r.uid?)))
+            .chain(
+                self.clients
+                    .iter()
+                    .filter_map(Actor::core)
+                    .flat_map(CoreSimClient::undecided),
+            )
             .collect();
         self.model.now = now;
         let durable = self.store.mode == Persistence::Durable;
@@ -871,6 +947,42 @@ impl World {
             );
         }
         self.post_checks();
+    }
+
+    /// A durable core client's process crashes: its connection goes as the kernel closes the
+    /// socket of a dead process (FIN after what it wrote, or a reset), and it restarts from its
+    /// disk at once ([`CoreSimClient::crash`]).
+    fn crash_client(&mut self, i: usize) {
+        let now = self.now;
+        if !self.clients[i]
+            .core()
+            .is_some_and(CoreSimClient::is_durable)
+        {
+            return;
+        }
+        if self.verbose {
+            eprintln!("{now:>9} fault: CLIENT {i} PROCESS CRASH");
+        }
+        self.trace.u64(now);
+        self.trace.u64(7);
+        self.trace.u64(i as u64);
+        if let Some(link) = self.client_link[i]
+            .take()
+            .and_then(|l| self.links.get_mut(&l))
+        {
+            link.attached = false;
+            if self.rng.chance(500) {
+                link.client_fin = true;
+            } else if link.reset.is_none() {
+                let told = now + self.rng.range(0, 300);
+                link.reset(told, now);
+            }
+        }
+        let mut ctx = Ctx::new(now);
+        if let Some(core) = self.clients[i].core_mut() {
+            core.crash(&mut ctx);
+        }
+        self.apply(i, ctx, None);
     }
 
     /// Mutation `StoreLosesCommit`: at `lose_at` the store starts looking for a commit with a
@@ -1114,7 +1226,7 @@ impl World {
                     // The core client keeps partial packets itself: it reads everything.
                     Actor::Core(client) => {
                         let inc = link.conn.and_then(|c| self.model.inc_of(c));
-                        client.on_data(&mut ctx, link.inbox.split().freeze(), inc);
+                        client.on_data(&mut ctx, link.inbox.split().freeze(), link.conn, inc);
                     }
                 }
                 self.apply(i, ctx, Some(id));
@@ -1136,10 +1248,13 @@ impl World {
                     publish,
                     app_new,
                     mut app_level,
+                    via,
                 } => {
-                    let conn = from.and_then(|l| self.links.get(&l)).and_then(|l| l.conn);
-                    let inc = conn.and_then(|c| self.model.inc_of(c));
-                    let (Some(conn), Some(inc)) = (conn, inc) else {
+                    let via = via.or_else(|| {
+                        let conn = from.and_then(|l| self.links.get(&l))?.conn?;
+                        Some((conn, self.model.inc_of(conn)?))
+                    });
+                    let Some((conn, inc)) = via else {
                         self.v.push(
                             now,
                             format!(
@@ -1177,6 +1292,9 @@ impl World {
                 }
                 Note::Acked(uid) => {
                     self.acked.entry(uid).or_insert(now);
+                }
+                Note::Stored(uid) => {
+                    self.stored.entry(uid).or_insert(now);
                 }
                 Note::Published => self.counters.published += 1,
                 Note::Problem(what) => {
@@ -1368,6 +1486,7 @@ impl World {
             Phase::Work { until } if now >= until => {
                 // A crash a clock jump skipped over does not happen.
                 self.crashes.clear();
+                self.client_crashes.clear();
                 let watcher_down = self.down_until[self.watcher];
                 self.down_until.iter_mut().for_each(|d| *d = 0);
                 if self.mutation == Mutation::StoreLosesCommit && !self.lose_done {
@@ -1501,11 +1620,26 @@ impl World {
             self.now,
             &mut self.v,
         );
+        // A message a core client's disk committed is owed like an acknowledged one: it must
+        // reach the broker (the client resends it after any crash), and its subscribers.
+        let mut owed = self.acked.clone();
+        for (uid, &at) in &self.stored {
+            if !self.model.messages.contains_key(uid) && !self.model.swallowed.contains(uid) {
+                self.v.push(
+                    self.now,
+                    format!(
+                        "{uid} was stored by its publisher's disk at {at} ms but never reached \
+                         the broker"
+                    ),
+                );
+            }
+            owed.entry(*uid).or_insert(self.now);
+        }
         if durable {
             self.durable_owed = checker::check_durability(
                 &self.model,
                 &self.receipts,
-                &self.acked,
+                &owed,
                 &alive,
                 self.now,
                 &mut self.v,
