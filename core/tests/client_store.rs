@@ -994,38 +994,17 @@ fn incoming(qos: QoS, id: u16) -> Packet {
     })
 }
 
-#[test]
-fn disconnect_sends_what_was_written_before_it_and_drops_what_waits_for_a_commit() {
+/// A manual-ack client receives `packet`, acknowledges it, and disconnects at once, without a
+/// drain in between: what goes to the transport from then on.
+fn ack_then_disconnect(persistence: Persistence, packet: Packet) -> Vec<String> {
     let now = Instant::ZERO;
-    // No persistence: an acknowledgement made just before disconnect() goes out before it.
-    let mut config = persistent("manual", Persistence::Off);
+    let mut config = persistent("manual", persistence);
     config.manual_acks = true;
-    let mut client = Client::new(config.clone(), now);
-    drain(&mut client, now);
-    connack(&mut client, now, true);
-    receive(&mut client, now, incoming(QoS::AtLeastOnce, 3));
-    let d = drain(&mut client, now);
-    let ack = d
-        .events
-        .iter()
-        .find_map(|e| match e {
-            ClientEvent::Message(m) => m.ack,
-            _ => None,
-        })
-        .unwrap();
-    client.ack(now, ack).unwrap();
-    client.disconnect(now);
-    assert_eq!(wire(&mut client), ["PubAck", "Disconnect", "close"]);
-
-    // Durable: the PUBREC waits for its identifier's commit, so disconnect() drops it (the
-    // server resends the message on the next connection) and DISCONNECT goes at once.
-    config.persistence = Persistence::Durable;
     let mut client = Client::new(config, now);
     drain(&mut client, now);
     connack(&mut client, now, true);
-    receive(&mut client, now, incoming(QoS::ExactlyOnce, 4));
-    let d = drain(&mut client, now);
-    let ack = d
+    receive(&mut client, now, packet);
+    let ack = drain(&mut client, now)
         .events
         .iter()
         .find_map(|e| match e {
@@ -1035,5 +1014,20 @@ fn disconnect_sends_what_was_written_before_it_and_drops_what_waits_for_a_commit
         .unwrap();
     client.ack(now, ack).unwrap();
     client.disconnect(now);
-    assert_eq!(wire(&mut client), ["Disconnect", "close"]);
+    wire(&mut client)
+}
+
+#[test]
+fn disconnect_sends_what_was_written_before_it_and_drops_what_waits_for_a_commit() {
+    // No persistence: an acknowledgement made just before disconnect() goes out before it.
+    assert_eq!(
+        ack_then_disconnect(Persistence::Off, incoming(QoS::AtLeastOnce, 3)),
+        ["PubAck", "Disconnect", "close"]
+    );
+    // Durable: the PUBREC waits for its identifier's commit, so disconnect() drops it (the
+    // server resends the message on the next connection) and DISCONNECT goes at once.
+    assert_eq!(
+        ack_then_disconnect(Persistence::Durable, incoming(QoS::ExactlyOnce, 4)),
+        ["Disconnect", "close"]
+    );
 }
