@@ -3,12 +3,14 @@
 //! back-pressure, manual acks, and a property test of the packet-id / in-flight bookkeeping.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use surgemq_core::broker::{AuthMode, Broker, BrokerConfig, ConnId, Input, Output};
+use surgemq_core::broker::{AuthMode, Broker, BrokerConfig, ConnId, Input};
 use surgemq_core::client::{
     Client, ClientConfig, ClientError, ClientEvent, ClientInput, ClientOutput, Token,
 };
@@ -110,33 +112,16 @@ impl Pair {
                     }
                 }
             }
-            while let Some(out) = self.broker.poll_output() {
-                moved = true;
-                match out {
-                    Output::Transmit { conn, data } => {
-                        let len = data.len();
-                        self.broker
-                            .handle_input(self.now, Input::Flushed { conn, bytes: len })
-                            .unwrap();
-                        if let Some(node) = self
-                            .clients
-                            .iter_mut()
-                            .find(|n| n.conn == Some(conn) && n.link_up)
-                        {
-                            node.client
-                                .handle_input(self.now, ClientInput::Received(data));
-                        }
-                    }
-                    Output::Close { conn } => {
-                        if let Some(node) = self.clients.iter_mut().find(|n| n.conn == Some(conn)) {
-                            node.conn = None;
-                            node.client
-                                .handle_input(self.now, ClientInput::TransportDown);
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            let mut ends: Vec<support::End<'_>> = self
+                .clients
+                .iter_mut()
+                .map(|n| support::End {
+                    client: &mut n.client,
+                    conn: &mut n.conn,
+                    link_up: n.link_up,
+                })
+                .collect();
+            moved |= support::deliver_broker_outputs(&mut self.broker, self.now, &mut ends);
             if !moved {
                 return;
             }

@@ -4,12 +4,14 @@
 //! never delivered twice, whichever side crashes").
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use surgemq_core::broker::{AuthMode, Broker, BrokerConfig, ConnId, Input, Output, StoreFailure};
+use surgemq_core::broker::{AuthMode, Broker, BrokerConfig, ConnId, Input, StoreFailure};
 use surgemq_core::client::{
     Client, ClientConfig, ClientEvent, ClientInput, ClientOutput, Persistence, RestoreError, Token,
 };
@@ -101,6 +103,23 @@ fn subscription(filter: &str, qos: QoS) -> Vec<(TopicFilter, SubscriptionOptions
         TopicFilter::parse(filter).unwrap(),
         SubscriptionOptions::qos(qos),
     )]
+}
+
+/// A PUBLISH from the server with packet identifier `id`.
+fn incoming_on(topic_name: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic(topic_name),
+        packet_id: Some(pid(id)),
+        properties: Properties::new(),
+        payload: Bytes::from_static(payload),
+    }
+}
+
+fn incoming(qos: QoS, id: u16) -> Packet {
+    Packet::Publish(incoming_on("in", qos, id, b"x"))
 }
 
 fn pid(n: u16) -> PacketId {
@@ -221,15 +240,7 @@ fn durable_pubrel_waits_for_the_pubrec_state() {
 fn durable_pubrec_and_delivery_wait_for_the_release_id() {
     let now = Instant::ZERO;
     let mut client = connected(Persistence::Durable);
-    let incoming = Publish {
-        dup: false,
-        qos: QoS::ExactlyOnce,
-        retain: false,
-        topic: topic("in"),
-        packet_id: Some(pid(7)),
-        properties: Properties::new(),
-        payload: Bytes::from_static(b"x"),
-    };
+    let incoming = incoming_on("in", QoS::ExactlyOnce, 7, b"x");
     receive(&mut client, now, Packet::Publish(incoming.clone()));
     let d = drain(&mut client, now);
     assert!(
@@ -368,15 +379,7 @@ fn restart_resumes_the_session_from_the_store() {
     receive(
         &mut client,
         now,
-        Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            topic: topic("s/1"),
-            packet_id: Some(pid(9)),
-            properties: Properties::new(),
-            payload: Bytes::from_static(b"in"),
-        }),
+        Packet::Publish(incoming_on("s/1", QoS::ExactlyOnce, 9, b"in")),
     );
     let d = drain(&mut client, now);
     apply(&mut disk, &d.ops);
@@ -432,12 +435,7 @@ fn restart_resumes_the_session_from_the_store() {
         now,
         Packet::Publish(Publish {
             dup: true,
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            topic: topic("s/1"),
-            packet_id: Some(pid(9)),
-            properties: Properties::new(),
-            payload: Bytes::from_static(b"in"),
+            ..incoming_on("s/1", QoS::ExactlyOnce, 9, b"in")
         }),
     );
     let d = drain(&mut client, now);
@@ -759,33 +757,16 @@ impl World {
                     self.nodes[i].pending.push_back(group);
                 }
             }
-            while let Some(out) = self.broker.poll_output() {
-                moved = true;
-                match out {
-                    Output::Transmit { conn, data } => {
-                        let len = data.len();
-                        self.broker
-                            .handle_input(self.now, Input::Flushed { conn, bytes: len })
-                            .unwrap();
-                        if let Some(node) = self
-                            .nodes
-                            .iter_mut()
-                            .find(|n| n.conn == Some(conn) && n.link_up)
-                        {
-                            node.client
-                                .handle_input(self.now, ClientInput::Received(data));
-                        }
-                    }
-                    Output::Close { conn } => {
-                        if let Some(node) = self.nodes.iter_mut().find(|n| n.conn == Some(conn)) {
-                            node.conn = None;
-                            node.client
-                                .handle_input(self.now, ClientInput::TransportDown);
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            let mut ends: Vec<support::End<'_>> = self
+                .nodes
+                .iter_mut()
+                .map(|n| support::End {
+                    client: &mut n.client,
+                    conn: &mut n.conn,
+                    link_up: n.link_up,
+                })
+                .collect();
+            moved |= support::deliver_broker_outputs(&mut self.broker, self.now, &mut ends);
             if !moved {
                 return;
             }
@@ -980,18 +961,6 @@ fn wire(client: &mut Client) -> Vec<String> {
         }
     }
     out
-}
-
-fn incoming(qos: QoS, id: u16) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic("in"),
-        packet_id: Some(pid(id)),
-        properties: Properties::new(),
-        payload: Bytes::from_static(b"x"),
-    })
 }
 
 /// A manual-ack client receives `packet`, acknowledges it, and disconnects at once, without a
