@@ -853,28 +853,11 @@ impl Client {
         });
     }
 
-    fn delivery(&self, record: u64, publish: &Publish, state: DeliveryState) -> StoredDelivery {
-        StoredDelivery {
-            client_id: self.store_key.clone(),
-            seq: record,
-            message: record,
-            qos: publish.qos,
-            retain: publish.retain,
-            state,
-        }
-    }
-
     /// Stores where a started publish stands (awaiting PUBACK / PUBREC, or PUBCOMP).
     fn store_pending(&mut self, pending: &Pending) {
-        let (Some(record), Request::Publish(publish)) = (pending.record, &pending.request) else {
-            return;
-        };
-        let state = match pending.stage {
-            Stage::AwaitingAck => DeliveryState::AwaitingAck(pending.id),
-            Stage::AwaitingComp => DeliveryState::AwaitingComp(pending.id),
-        };
-        let delivery = self.delivery(record, publish, state);
-        self.store(StoreOp::PutDelivery(delivery));
+        if let Some((_, delivery)) = pending.stored(&self.store_key) {
+            self.store(StoreOp::PutDelivery(delivery));
+        }
     }
 
     /// A publish is complete: its records go.
@@ -941,25 +924,24 @@ impl Client {
         if !self.subscriptions.is_empty() {
             ops.push(StoreOp::PutSession(self.session_record()));
         }
-        let started = self.inflight.iter().filter_map(|p| {
-            let state = match p.stage {
-                Stage::AwaitingAck => DeliveryState::AwaitingAck(p.id),
-                Stage::AwaitingComp => DeliveryState::AwaitingComp(p.id),
-            };
-            Some((p.record?, &p.request, state))
-        });
+        let key = &self.store_key;
+        let started = self.inflight.iter().filter_map(|p| p.stored(key));
         let waiting = self
             .queue
             .iter()
-            .filter_map(|q| Some((q.record?, &q.request, DeliveryState::Queued)));
-        for (record, request, state) in started.chain(waiting) {
-            if let Request::Publish(publish) = request {
-                ops.push(StoreOp::PutMessage {
-                    id: record,
-                    message: stored_message(publish),
-                });
-                ops.push(StoreOp::PutDelivery(self.delivery(record, publish, state)));
-            }
+            .filter_map(|q| match (&q.request, q.record) {
+                (Request::Publish(publish), Some(record)) => Some((
+                    publish,
+                    stored_delivery(key, record, publish, DeliveryState::Queued),
+                )),
+                _ => None,
+            });
+        for (publish, delivery) in started.chain(waiting) {
+            ops.push(StoreOp::PutMessage {
+                id: delivery.message,
+                message: stored_message(publish),
+            });
+            ops.push(StoreOp::PutDelivery(delivery));
         }
         for (id, acked) in &self.incoming_qos2 {
             if *acked {
@@ -1024,7 +1006,7 @@ impl Client {
         let ops = match &request {
             Request::Publish(p) if self.persist && p.qos != QoS::AtMostOnce => {
                 let record = self.next_record;
-                let delivery = self.delivery(record, p, DeliveryState::Queued);
+                let delivery = stored_delivery(&self.store_key, record, p, DeliveryState::Queued);
                 Some((record, stored_message(p), delivery))
             }
             _ => None,
@@ -1498,16 +1480,7 @@ impl Client {
         let mut stored = None;
         if let Some(p) = self.inflight.iter_mut().find(|p| p.id == id && qos2(p)) {
             p.stage = Stage::AwaitingComp;
-            if let (Some(record), Request::Publish(publish)) = (p.record, &p.request) {
-                stored = Some(StoredDelivery {
-                    client_id: self.store_key.clone(),
-                    seq: record,
-                    message: record,
-                    qos: publish.qos,
-                    retain: publish.retain,
-                    state: DeliveryState::AwaitingComp(id),
-                });
-            }
+            stored = p.stored(&self.store_key).map(|(_, delivery)| delivery);
         }
         if let Some(delivery) = stored {
             // The PUBREL below waits for this in durable mode: a restart resends PUBREL,
@@ -1566,6 +1539,38 @@ impl Client {
             reasons: ack.reasons,
         });
         self.drain_queue();
+    }
+}
+
+impl Pending {
+    /// A started publish's delivery record (awaiting PUBACK / PUBREC, or PUBCOMP), when it is
+    /// stored, with the publish.
+    fn stored(&self, client_id: &MqttString) -> Option<(&Publish, StoredDelivery)> {
+        let (Some(record), Request::Publish(publish)) = (self.record, &self.request) else {
+            return None;
+        };
+        let state = match self.stage {
+            Stage::AwaitingAck => DeliveryState::AwaitingAck(self.id),
+            Stage::AwaitingComp => DeliveryState::AwaitingComp(self.id),
+        };
+        Some((publish, stored_delivery(client_id, record, publish, state)))
+    }
+}
+
+/// The delivery record of publish number `record` (message and delivery share the number).
+fn stored_delivery(
+    client_id: &MqttString,
+    record: u64,
+    publish: &Publish,
+    state: DeliveryState,
+) -> StoredDelivery {
+    StoredDelivery {
+        client_id: client_id.clone(),
+        seq: record,
+        message: record,
+        qos: publish.qos,
+        retain: publish.retain,
+        state,
     }
 }
 
