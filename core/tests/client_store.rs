@@ -105,14 +105,14 @@ fn subscription(filter: &str, qos: QoS) -> Vec<(TopicFilter, SubscriptionOptions
     )]
 }
 
-/// A PUBLISH from the server with packet identifier `id`.
+/// A PUBLISH from the server with packet identifier `id` (none at QoS 0).
 fn incoming_on(topic_name: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Publish {
     Publish {
         dup: false,
         qos,
         retain: false,
         topic: topic(topic_name),
-        packet_id: Some(pid(id)),
+        packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
         properties: Properties::new(),
         payload: Bytes::from_static(payload),
     }
@@ -999,4 +999,34 @@ fn disconnect_sends_what_was_written_before_it_and_drops_what_waits_for_a_commit
         ack_then_disconnect(Persistence::Durable, incoming(QoS::ExactlyOnce, 4)),
         ["Disconnect", "close"]
     );
+}
+
+#[test]
+fn a_stalled_store_bounds_the_qos0_messages_held_for_it() {
+    let now = Instant::ZERO;
+    let mut config = persistent("stalled", Persistence::Durable);
+    config.max_held = 100;
+    let mut client = Client::new(config, now);
+    drain(&mut client, now);
+    connack(&mut client, now, true);
+    // A QoS 2 message whose identifier is not committed yet: everything after it waits.
+    receive(&mut client, now, incoming(QoS::ExactlyOnce, 1));
+    let pending = drain(&mut client, now).ops;
+    for _ in 0..1_000 {
+        receive(&mut client, now, incoming(QoS::AtMostOnce, 2));
+    }
+    assert!(drain(&mut client, now).events.is_empty());
+    // 100 outputs wait: the PUBREC, the QoS 2 message and 98 QoS 0 ones.
+    assert_eq!(client.dropped_qos0(), 902);
+    done(&mut client, now, pending.last().unwrap().0);
+    let released = drain(&mut client, now);
+    assert!(matches!(released.packets.as_slice(), [Packet::PubRec(_)]));
+    assert_eq!(released.events.len(), 99);
+    assert!(
+        matches!(&released.events[0], ClientEvent::Message(m) if m.publish.qos == QoS::ExactlyOnce)
+    );
+    // Nothing waits any more: QoS 0 messages go through again.
+    receive(&mut client, now, incoming(QoS::AtMostOnce, 2));
+    assert_eq!(drain(&mut client, now).events.len(), 1);
+    assert_eq!(client.dropped_qos0(), 902);
 }

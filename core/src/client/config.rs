@@ -68,6 +68,11 @@ pub struct ClientConfig {
     /// waits for their commits (see the [client docs](super#persistence)). Clean sessions are
     /// never stored.
     pub persistence: Persistence,
+    /// Durable mode: outputs (packets, messages, completions) waiting for a store commit at
+    /// most, before QoS 0 messages that arrive are dropped (counted by
+    /// [`Client::dropped_qos0`](super::Client::dropped_qos0)). QoS 1/2 traffic is bounded by the
+    /// in-flight windows and always waits.
+    pub max_held: usize,
 }
 
 impl ClientConfig {
@@ -92,6 +97,7 @@ impl ClientConfig {
             manual_acks: false,
             seed: 0x5375_7267_6543_6c74,
             persistence: Persistence::Off,
+            max_held: 10_000,
         }
     }
 }

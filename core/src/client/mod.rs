@@ -419,6 +419,8 @@ pub struct Client {
     held: VecDeque<(u64, ClientOutput)>,
     /// The next publish record number.
     next_record: u64,
+    /// QoS 0 messages dropped because `max_held` outputs were waiting for a commit.
+    dropped_qos0: u64,
 }
 
 impl fmt::Debug for Client {
@@ -469,6 +471,7 @@ impl Client {
             rewrite_from: 0,
             held: VecDeque::new(),
             next_record: 1,
+            dropped_qos0: 0,
         };
         client.persist =
             client.config.persistence != Persistence::Off && !client.config.clean_start;
@@ -512,6 +515,12 @@ impl Client {
     /// wait for that acknowledgement's commit.
     pub fn store_mark(&self) -> u64 {
         self.store_seq
+    }
+
+    /// QoS 0 messages dropped while [`ClientConfig::max_held`] outputs waited for a store
+    /// commit (durable mode; at most once allows it).
+    pub fn dropped_qos0(&self) -> u64 {
+        self.dropped_qos0
     }
 
     /// Whether outputs are waiting for a store commit (durable mode).
@@ -820,11 +829,16 @@ impl Client {
     /// Emits an output that must not overtake the store: in durable mode, while operations
     /// emitted before it are uncommitted (or something is already held), it waits in `held`.
     fn ordered(&mut self, output: ClientOutput) {
-        if self.durable && (self.store_seq > self.committed || !self.held.is_empty()) {
+        if self.holding() {
             self.held.push_back((self.store_seq, output));
         } else {
             self.outputs.push_back(output);
         }
+    }
+
+    /// Whether an output emitted now would wait in `held`.
+    fn holding(&self) -> bool {
+        self.durable && (self.store_seq > self.committed || !self.held.is_empty())
     }
 
     /// Drops what waits for a commit along with the transport it was for (what is lost is
@@ -1434,6 +1448,14 @@ impl Client {
         // In durable mode not before what was stored ahead of it (its QoS 2 identifier) is
         // committed: after a crash before that, the server's resend is delivered instead.
         self.flush();
+        if publish.qos == QoS::AtMostOnce
+            && self.holding()
+            && self.held.len() >= self.config.max_held
+        {
+            // A stalled store must not let a server's QoS 0 stream grow memory without bound.
+            self.dropped_qos0 += 1;
+            return;
+        }
         self.ordered(ClientOutput::Event(ClientEvent::Message(Box::new(
             IncomingMessage {
                 publish,
