@@ -18,7 +18,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 use surgemq_core::broker::{
-    BrokerConfig, ConnId, DisconnectCause, Event, OverflowPolicy, Persistence, RestoreReport,
+    BrokerConfig, ConnId, DisconnectCause, Event, OverflowPolicy, Persistence, ProtocolViolation,
+    RestoreReport,
 };
 use surgemq_core::codec::{
     Packet, Properties, ProtocolVersion, Publish, QoS, SubAck, SubAckReason, SubscriptionOptions,
@@ -2952,4 +2953,47 @@ fn after_a_restart_session_expiry_counts_from_the_restore() {
     assert_eq!(snapshot_sessions(&tb), ["away"]);
     tb.advance(Duration::from_secs(11));
     assert!(snapshot_sessions(&tb).is_empty());
+}
+
+/// A client that reuses packet identifiers still awaiting their acknowledgement (here: one
+/// identifier, 70,000 times, while nothing is committed) makes a durable broker hold at most
+/// 65,535 acknowledgements for it, then is closed as breaking 3.1.1 [MQTT-2.3.1-2]; another
+/// client's session and stored messages are untouched.
+#[test]
+fn reused_unacknowledged_ids_cannot_grow_the_held_acks_without_bound() {
+    let mut tb = durable();
+    let sub = persistent_sub(&mut tb, "sub", &[("t", Q1)]);
+    let flood = tb.connect("flood", true, V311);
+    tb.set_auto_commit(false);
+    let mut bytes = bytes::BytesMut::new();
+    publish("t", b"x", Q1, Some(1), false)
+        .encode(V311, &mut bytes)
+        .unwrap();
+    let one = bytes.freeze();
+    let stream: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 70_000)
+        .collect();
+    tb.send_raw(flood, &stream);
+    assert!(tb.is_closed(flood));
+    assert!(
+        tb.broker().pending_acks() <= usize::from(u16::MAX),
+        "{} acknowledgements held",
+        tb.broker().pending_acks()
+    );
+    assert!(tb.events().iter().any(|e| matches!(
+        e,
+        Event::Disconnected {
+            cause: DisconnectCause::Violation(ProtocolViolation::TooManyUnacknowledged),
+            ..
+        }
+    )));
+    // The subscriber keeps its session and what its queue limits let it keep (stored), and
+    // its in-flight window goes out once that is committed.
+    tb.commit_store();
+    assert!(!tb.is_closed(sub));
+    assert!(snapshot(&tb).deliveries.len() > 20);
+    assert_eq!(tb.recv_publishes(sub).len(), 20);
 }

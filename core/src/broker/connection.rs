@@ -49,6 +49,8 @@ pub(crate) struct Connection {
     /// Durable persistence: the batch is not handed out until the store has committed this
     /// sequence number (0: not held). Set after writing a stored QoS 2 PUBLISH.
     pub(crate) hold_until: u64,
+    /// Durable persistence: acknowledgements to this client waiting for the store.
+    pub(crate) pending_acks: u32,
     /// Earliest instant this connection has an entry for in the timer heap.
     pub(crate) timer_at: Option<Instant>,
 }
@@ -70,6 +72,7 @@ impl Connection {
             session: None,
             will: None,
             hold_until: 0,
+            pending_acks: 0,
             timer_at: None,
         }
     }

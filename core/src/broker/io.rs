@@ -236,6 +236,10 @@ pub enum ProtocolViolation {
     KeepAliveTimeout,
     /// A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP).
     ServerOnlyPacket,
+    /// More than 65,535 packets awaiting our acknowledgement (durable mode, waiting for the
+    /// store): more than there are packet identifiers, so the client reuses identifiers still
+    /// in use, 3.1.1 [MQTT-2.3.1-2]. Bounds what one client can make the broker hold.
+    TooManyUnacknowledged,
 }
 
 impl ProtocolViolation {
@@ -246,6 +250,7 @@ impl ProtocolViolation {
             Self::FirstPacketNotConnect => Some("MQTT-3.1.0-1"),
             Self::SecondConnect => Some("MQTT-3.1.0-2"),
             Self::KeepAliveTimeout => Some("MQTT-3.1.2-24"),
+            Self::TooManyUnacknowledged => Some("MQTT-2.3.1-2"),
             _ => None,
         }
     }

@@ -628,6 +628,14 @@ impl Broker {
     /// store has committed everything emitted so far.
     fn send_ack(&mut self, conn: ConnId, packet: Packet) {
         if self.durable() && self.store_seq > self.store_done {
+            let Some(c) = self.conns.get_mut(conn.0) else {
+                return;
+            };
+            c.pending_acks += 1;
+            if c.pending_acks > u32::from(u16::MAX) {
+                self.violation(conn, ProtocolViolation::TooManyUnacknowledged);
+                return;
+            }
             self.pending_acks.push_back(PendingAck {
                 seq: self.store_seq,
                 conn,
@@ -664,6 +672,9 @@ impl Broker {
                         break;
                     }
                     if let Some(ack) = self.pending_acks.pop_front() {
+                        if let Some(c) = self.conns.get_mut(ack.conn.0) {
+                            c.pending_acks = c.pending_acks.saturating_sub(1);
+                        }
                         self.send(ack.conn, &ack.packet);
                     }
                 }
@@ -695,6 +706,9 @@ impl Broker {
                         break;
                     }
                     if let Some(ack) = self.pending_acks.pop_front() {
+                        if let Some(c) = self.conns.get_mut(ack.conn.0) {
+                            c.pending_acks = c.pending_acks.saturating_sub(1);
+                        }
                         close.push(ack.conn);
                     }
                 }
