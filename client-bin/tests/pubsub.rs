@@ -276,3 +276,63 @@ fn bad_command_lines_exit_with_code_2() {
         assert_eq!(done.code(), 2, "{args:?}: {done:?}");
     }
 }
+
+/// The limits a real MQTT 5.0 server states in its CONNACK reach the client: Mosquitto set to
+/// `max_qos 1`, `retain_available false` and `max_packet_size 200`. A publish above them is
+/// refused with the reason and never sent (5.0 [MQTT-3.2.2-11], [MQTT-3.2.2-14],
+/// [MQTT-3.2.2-15]); one within them goes through.
+#[test]
+fn mqtt5_server_limits_from_mosquitto_are_kept() {
+    const TEST: &str = "mqtt5_server_limits_from_mosquitto_are_kept";
+    let Some(mosquitto) = require_tool(TEST, "mosquitto") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_qos 1\n\
+             retain_available false\nmax_packet_size 200\n"
+        ),
+    )
+    .expect("write mosquitto.conf");
+    let broker = Broker::custom(
+        "mosquitto (limited)",
+        Command::new(mosquitto).arg("-c").arg(&conf),
+        port,
+    );
+    let v5 = ["-V", "mqttv5", "-t", "lim/t"];
+    let sub = subscriber(&broker, &["-V", "mqttv5", "-t", "lim/#", "-v", "-C", "1"]);
+    for (args, error) in [
+        (
+            &["-q", "2", "-m", "two"][..],
+            "the server accepts QoS 1 at most",
+        ),
+        (
+            &["-r", "-m", "kept"],
+            "the server does not keep retained messages",
+        ),
+        (
+            &["-m", &"x".repeat(300)],
+            "exceeds the server's maximum of 200 bytes",
+        ),
+    ] {
+        let done = run(
+            Command::new(CLIENT)
+                .args(["pub", "-h", "127.0.0.1", "-p", &broker.port_arg()])
+                .args(v5)
+                .args(args),
+            None,
+        );
+        assert_ne!(done.code(), 0, "pub {args:?}: {done:?}");
+        assert!(done.stderr.contains(error), "pub {args:?}: {done:?}");
+    }
+    publish(
+        &broker,
+        &["-V", "mqttv5", "-t", "lim/t", "-q", "1", "-m", "one"],
+        None,
+    );
+    expect_output(&sub.finish(), &broker, "lim/t one\n");
+}

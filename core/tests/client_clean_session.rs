@@ -78,7 +78,7 @@ fn client_with_two_exchanges(clean: bool) -> (Client, Instant, [PacketId; 2]) {
     let mut now = Instant::ZERO;
     let mut config = ClientConfig::new(MqttString::new("c").unwrap());
     config.clean_start = clean;
-    let mut client = Client::new(config, now);
+    let mut client = Client::new(config, now).unwrap();
     drain(&mut client, now);
     connack(&mut client, now, false);
     drain(&mut client, now);

@@ -38,11 +38,14 @@ struct Node {
 
 impl Pair {
     fn new() -> Self {
-        let config = BrokerConfig {
+        Self::with_broker(BrokerConfig {
             auth: AuthMode::AllowAll,
             sys_interval: None,
             ..BrokerConfig::default()
-        };
+        })
+    }
+
+    fn with_broker(config: BrokerConfig) -> Self {
         Self {
             now: Instant::ZERO,
             broker: Broker::new(config, Instant::ZERO),
@@ -52,7 +55,7 @@ impl Pair {
 
     fn add(&mut self, config: ClientConfig) -> usize {
         self.clients.push(Node {
-            client: Client::new(config, self.now),
+            client: Client::new(config, self.now).unwrap(),
             conn: None,
             link_up: true,
             events: Vec::new(),
@@ -645,9 +648,14 @@ fn reconnect_jitter_replays_with_the_same_seed() {
 
 #[test]
 fn refused_connection_is_reported_with_its_reason() {
-    let mut pair = Pair::new();
-    let mut c = config("");
-    c.clean_start = false; // empty id without clean session: identifier rejected
+    let mut pair = Pair::with_broker(BrokerConfig {
+        auth: AuthMode::AllowAll,
+        sys_interval: None,
+        max_client_id_len: 8,
+        ..BrokerConfig::default()
+    });
+    // An identifier longer than the broker allows: identifier rejected.
+    let mut c = config("a-client-id-too-long");
     c.reconnect = None;
     let i = pair.add(c);
     let events = pair.events(i);

@@ -142,7 +142,7 @@ fn publish(client: &mut Client, now: Instant, payload: &'static str, qos: QoS) -
 /// A durable client, connected (CONNACK answered) with nothing stored yet.
 fn connected(persistence: Persistence) -> Client {
     let now = Instant::ZERO;
-    let mut client = Client::new(persistent("c", persistence), now);
+    let mut client = Client::new(persistent("c", persistence), now).unwrap();
     let d = drain(&mut client, now);
     assert!(matches!(d.packets.as_slice(), [Packet::Connect(_)]));
     connack(&mut client, now, true);
@@ -301,7 +301,7 @@ fn clean_sessions_and_qos0_are_never_stored() {
     let now = Instant::ZERO;
     let mut config = persistent("clean", Persistence::Durable);
     config.clean_start = true;
-    let mut client = Client::new(config, now);
+    let mut client = Client::new(config, now).unwrap();
     drain(&mut client, now);
     connack(&mut client, now, false);
     publish(&mut client, now, "q1", QoS::AtLeastOnce);
@@ -311,6 +311,7 @@ fn clean_sessions_and_qos0_are_never_stored() {
     assert!(!client.persists());
     assert_eq!(
         Client::new(ClientConfig::new(MqttString::new("x").unwrap()), now)
+            .unwrap()
             .restore(MemoryStore::new().snapshot()),
         Err(RestoreError::NotPersistent)
     );
@@ -346,7 +347,7 @@ fn restart_resumes_the_session_from_the_store() {
     // of 3), and a received QoS 2 message not yet released.
     let mut config = persistent("c", Persistence::Durable);
     config.max_inflight = 3;
-    let mut client = Client::new(config.clone(), now);
+    let mut client = Client::new(config.clone(), now).unwrap();
     drain(&mut client, now);
     connack(&mut client, now, true);
     client
@@ -398,7 +399,7 @@ fn restart_resumes_the_session_from_the_store() {
     assert_eq!(kinds, ["subscribed", "message"], "once committed");
 
     // The process dies. A new one restores from the disk.
-    let mut client = Client::new(config, now);
+    let mut client = Client::new(config, now).unwrap();
     let report = client.restore(disk.snapshot()).unwrap();
     assert_eq!(report.publishes.len(), 4, "{report}");
     assert_eq!(report.in_flight, 3, "{report}");
@@ -527,7 +528,7 @@ struct Node {
 
 impl Node {
     fn start(config: ClientConfig, disk: MemoryStore, now: Instant) -> (Self, Vec<u32>) {
-        let mut client = Client::new(config.clone(), now);
+        let mut client = Client::new(config.clone(), now).unwrap();
         let snapshot = disk.snapshot();
         let report = client.restore(snapshot.clone()).unwrap();
         // The restored publishes, in the store's order, with their payload numbers.
@@ -969,7 +970,7 @@ fn ack_then_disconnect(persistence: Persistence, packet: Packet) -> Vec<String> 
     let now = Instant::ZERO;
     let mut config = persistent("manual", persistence);
     config.manual_acks = true;
-    let mut client = Client::new(config, now);
+    let mut client = Client::new(config, now).unwrap();
     drain(&mut client, now);
     connack(&mut client, now, true);
     receive(&mut client, now, packet);
@@ -1006,7 +1007,7 @@ fn a_stalled_store_bounds_the_qos0_messages_held_for_it() {
     let now = Instant::ZERO;
     let mut config = persistent("stalled", Persistence::Durable);
     config.max_held = 100;
-    let mut client = Client::new(config, now);
+    let mut client = Client::new(config, now).unwrap();
     drain(&mut client, now);
     connack(&mut client, now, true);
     // A QoS 2 message whose identifier is not committed yet: everything after it waits.

@@ -31,7 +31,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use surgemq_core::client::{
     AckToken, Client as CoreClient, ClientConfig, ClientError, ClientEvent, ClientInput,
-    ClientOutput, ClientRestore, IncomingMessage, Persistence, RestoreError, StoreFailure, Token,
+    ClientOutput, ClientRestore, ConfigError, IncomingMessage, Persistence, RestoreError,
+    StoreFailure, Token,
 };
 use surgemq_core::codec::{
     ConnectReason, Properties, PubAckReason, QoS, SubAckReason, SubscriptionOptions, UnsubAckReason,
@@ -109,6 +110,9 @@ pub enum AsyncClientError {
     /// [`Client::connect_with_store`]: the store's session cannot be resumed (e.g. the
     /// configuration asks for a clean session, which is never stored).
     Restore(RestoreError),
+    /// The configuration cannot connect (e.g. MQTT 3.1.1 with an empty client identifier and
+    /// no clean session); refused before any connection is made.
+    Config(ConfigError),
 }
 
 impl std::fmt::Display for AsyncClientError {
@@ -119,6 +123,7 @@ impl std::fmt::Display for AsyncClientError {
             Self::Closed => f.write_str("client closed"),
             Self::Io(e) => write!(f, "connection failed: {e}"),
             Self::Restore(e) => write!(f, "cannot resume the stored session: {e}"),
+            Self::Config(e) => write!(f, "invalid configuration: {e}"),
         }
     }
 }
@@ -208,8 +213,7 @@ impl Client {
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (messages_tx, messages_rx) = mpsc::channel(options.message_buffer.max(1));
         let (ready_tx, ready_rx) = oneshot::channel();
-        let (driver, report) = Driver::new(options, store, commands_rx, messages_tx, ready_tx)
-            .map_err(AsyncClientError::Restore)?;
+        let (driver, report) = Driver::new(options, store, commands_rx, messages_tx, ready_tx)?;
         tokio::spawn(driver.run());
         match ready_rx.await {
             Ok(Ok(())) => Ok((
@@ -392,7 +396,7 @@ impl Driver {
         commands: mpsc::Receiver<Command>,
         messages: mpsc::Sender<IncomingMessage>,
         ready: Ready,
-    ) -> Result<(Self, Option<ClientRestore>), RestoreError> {
+    ) -> Result<(Self, Option<ClientRestore>), AsyncClientError> {
         let (io_tx, io_rx) = mpsc::channel(16);
         // The driver acknowledges itself, when the application has taken the message.
         let mut config = options.config.clone();
@@ -403,11 +407,13 @@ impl Driver {
         }
         let commit_first =
             store.is_some() && config.persistence == Persistence::Durable && !config.clean_start;
-        let mut core = CoreClient::new(config, Instant::ZERO);
+        let mut core = CoreClient::new(config, Instant::ZERO).map_err(AsyncClientError::Config)?;
         let (store_done_tx, store_done) = mpsc::unbounded_channel();
         let (store, report) = match store {
             Some(setup) => {
-                let report = core.restore(setup.snapshot)?;
+                let report = core
+                    .restore(setup.snapshot)
+                    .map_err(AsyncClientError::Restore)?;
                 tracing::info!("restored from the store: {report}");
                 let done_tx = store_done_tx.clone();
                 let sink = (setup.start)(Box::new(move |seq, result| {
@@ -704,6 +710,11 @@ impl Driver {
             }
             ClientEvent::Unsubscribed { token, reasons } => {
                 self.complete(token, Completion::Unsubscribed(reasons));
+            }
+            ClientEvent::Failed { token, error } => {
+                if let Some(reply) = self.replies.remove(&token) {
+                    let _ = reply.send(Err(AsyncClientError::Client(error)));
+                }
             }
             ClientEvent::Disconnected => {
                 tracing::info!("disconnected from broker");

@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use core::time::Duration;
 
+use core::fmt;
+
 use crate::broker::Persistence;
 use crate::codec::{Properties, ProtocolVersion, Will};
 use crate::string::MqttString;
@@ -29,7 +31,8 @@ impl Default for Backoff {
 /// Configuration of a [`Client`](super::Client).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// Client identifier; empty asks the server to assign one (needs `clean_start`).
+    /// Client identifier; empty asks the server to assign one (3.1.1: needs `clean_start`;
+    /// 3.1: 1 to 23 bytes, never empty). See [`ClientConfig::check`].
     pub client_id: MqttString,
     /// Protocol version spoken.
     pub version: ProtocolVersion,
@@ -98,6 +101,53 @@ impl ClientConfig {
             seed: 0x5375_7267_6543_6c74,
             persistence: Persistence::Off,
             max_held: 10_000,
+        }
+    }
+}
+
+/// A configuration the client cannot connect with: [`Client::new`](super::Client::new) refuses
+/// it, before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// MQTT 3.1.1: an empty client identifier asks for a session nobody can resume, so it must
+    /// come with a clean session (3.1.1 [MQTT-3.1.3-7]).
+    EmptyClientIdNeedsCleanSession,
+    /// MQTT 3.1: the client identifier must be 1 to 23 bytes long.
+    ClientIdLengthV31(usize),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EmptyClientIdNeedsCleanSession => {
+                f.write_str("an empty client identifier needs a clean session (MQTT 3.1.1)")
+            }
+            Self::ClientIdLengthV31(n) => write!(
+                f,
+                "an MQTT 3.1 client identifier is 1 to 23 bytes long, not {n}"
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ConfigError {}
+
+impl ClientConfig {
+    /// Whether a client can connect with this configuration (what [`Client::new`] checks).
+    ///
+    /// [`Client::new`]: super::Client::new
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let id_len = self.client_id.as_str().len();
+        match self.version {
+            ProtocolVersion::V3_1 if !(1..=23).contains(&id_len) => {
+                Err(ConfigError::ClientIdLengthV31(id_len))
+            }
+            ProtocolVersion::V3_1_1 if id_len == 0 && !self.clean_start => {
+                Err(ConfigError::EmptyClientIdNeedsCleanSession)
+            }
+            _ => Ok(()),
         }
     }
 }

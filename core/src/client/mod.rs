@@ -1,7 +1,7 @@
 //! The MQTT client state machine (3.1, 3.1.1 and 5.0 on the wire), with no I/O.
 //!
 //! ```text
-//! Client::new(config, now)                     // asks for a transport at once
+//! Client::new(config, now)?                    // asks for a transport at once
 //! Client::handle_input(now, ClientInput)       // TransportUp | Received | TransportDown | Timeout
 //! Client::publish / subscribe / unsubscribe / disconnect / ack   (commands → Token)
 //! Client::poll_output() -> Option<ClientOutput> // OpenTransport | Transmit | CloseTransport
@@ -63,16 +63,16 @@ use bytes::{Bytes, BytesMut};
 use core::fmt;
 use core::time::Duration;
 
-pub use config::{Backoff, ClientConfig};
+pub use config::{Backoff, ClientConfig, ConfigError};
 use ring::Ring;
 pub use ring::{INFLIGHT_CAPACITY, QUEUE_CAPACITY};
 
 pub use crate::broker::{Persistence, StoreFailure};
 use crate::codec::{
     ConnAck, Connect, ConnectReason, DecodeError, Disconnect, EncodeError, Packet, PacketId,
-    Properties, ProtocolVersion, PubAck, PubAckReason, PubRel, PubRelReason, Publish, QoS, SubAck,
-    SubAckReason, Subscribe, SubscriptionOptions, UnsubAck, UnsubAckReason, Unsubscribe,
-    decode_buf,
+    Properties, Property, ProtocolVersion, PubAck, PubAckReason, PubRel, PubRelReason, Publish,
+    QoS, SubAck, SubAckReason, Subscribe, SubscriptionOptions, UnsubAck, UnsubAckReason,
+    Unsubscribe, decode_buf,
 };
 use crate::store::{
     DeliveryState, StoreOp, StoreSnapshot, StoredDelivery, StoredMessage, StoredSession,
@@ -191,6 +191,15 @@ pub enum ClientEvent {
         /// Granted QoS or failure per filter, in order.
         reasons: Vec<SubAckReason>,
     },
+    /// A command was dropped unsent: the server it was about to go to cannot take it (5.0
+    /// CONNACK limits: Maximum QoS, Retain Available, Maximum Packet Size). Its records are
+    /// deleted from the store, and it is not tried again.
+    Failed {
+        /// The command.
+        token: Token,
+        /// Why.
+        error: ClientError,
+    },
     /// An unsubscribe completed.
     Unsubscribed {
         /// The unsubscribe command.
@@ -222,6 +231,9 @@ pub enum ClientProtocolError {
     PingTimeout,
     /// A DISCONNECT from the server (5.0).
     ServerDisconnect(crate::codec::DisconnectReason),
+    /// A PUBLISH with a Topic Alias above the Topic Alias Maximum we sent in CONNECT (none sent
+    /// means 0), or an empty topic with an alias this connection never mapped (5.0).
+    TopicAlias(u16),
 }
 
 /// Why a command was not accepted.
@@ -236,6 +248,20 @@ pub enum ClientError {
     Encode(EncodeError),
     /// The acknowledgement is for a message of a session that no longer exists.
     StaleAck,
+    /// The connected server's Maximum QoS (5.0 CONNACK) is below the publish's QoS
+    /// (5.0 [MQTT-3.2.2-11]).
+    QosNotSupported(QoS),
+    /// The connected server does not keep retained messages (5.0 CONNACK Retain Available 0,
+    /// [MQTT-3.2.2-14]).
+    RetainNotSupported,
+    /// The packet is larger than the connected server's Maximum Packet Size (5.0
+    /// [MQTT-3.2.2-15]).
+    PacketTooLarge {
+        /// The packet's size in bytes.
+        size: usize,
+        /// The server's maximum.
+        max: u32,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -245,6 +271,14 @@ impl fmt::Display for ClientError {
             Self::Stopped => f.write_str("client stopped"),
             Self::Encode(e) => write!(f, "cannot encode: {e}"),
             Self::StaleAck => f.write_str("acknowledgement for a lost session"),
+            Self::QosNotSupported(max) => {
+                write!(f, "the server accepts QoS {} at most", *max as u8)
+            }
+            Self::RetainNotSupported => f.write_str("the server does not keep retained messages"),
+            Self::PacketTooLarge { size, max } => write!(
+                f,
+                "packet of {size} bytes exceeds the server's maximum of {max} bytes"
+            ),
         }
     }
 }
@@ -290,6 +324,41 @@ struct Pending {
     stage: Stage,
     /// The publish's number in the store (message and delivery), when it is stored.
     record: Option<u64>,
+}
+
+/// What the server accepts, from its CONNACK (5.0; a 3.x server states nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ServerLimits {
+    max_qos: QoS,
+    retain_available: bool,
+    max_packet_size: Option<u32>,
+    topic_alias_max: u16,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            max_packet_size: None,
+            topic_alias_max: 0,
+        }
+    }
+}
+
+impl ServerLimits {
+    fn from_connack(props: &Properties) -> Self {
+        Self {
+            max_qos: match props.maximum_qos() {
+                Some(0) => QoS::AtMostOnce,
+                Some(1) => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            },
+            retain_available: props.retain_available() != Some(0),
+            max_packet_size: props.maximum_packet_size(),
+            topic_alias_max: props.topic_alias_maximum().unwrap_or(0),
+        }
+    }
 }
 
 /// A command waiting for the connection or the window.
@@ -396,6 +465,11 @@ pub struct Client {
     resubscribe_pending: bool,
     /// The server's Receive Maximum (5.0), if smaller than ours.
     server_receive_max: Option<u16>,
+    /// What the server said it accepts in its last CONNACK (5.0).
+    server: ServerLimits,
+    /// Topic Aliases the server set on this connection (5.0; never carried over,
+    /// [MQTT-3.3.2-7]), at most our Topic Alias Maximum of them.
+    aliases: BTreeMap<u16, TopicName>,
     keep_alive: Option<Duration>,
     last_sent: Instant,
     ping_deadline: Option<Instant>,
@@ -435,8 +509,10 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client that asks for its first transport at once.
-    pub fn new(config: ClientConfig, now: Instant) -> Self {
+    /// A client that asks for its first transport at once; refuses a configuration it could
+    /// not connect with ([`ClientConfig::check`]).
+    pub fn new(config: ClientConfig, now: Instant) -> Result<Self, ConfigError> {
+        config.check()?;
         let keep_alive =
             (config.keep_alive > 0).then(|| Duration::from_secs(u64::from(config.keep_alive)));
         let mut client = Self {
@@ -457,6 +533,8 @@ impl Client {
             incoming_qos2: BTreeMap::new(),
             resubscribe_pending: false,
             server_receive_max: None,
+            server: ServerLimits::default(),
+            aliases: BTreeMap::new(),
             keep_alive,
             last_sent: now,
             ping_deadline: None,
@@ -478,7 +556,7 @@ impl Client {
         client.durable = client.persist && client.config.persistence == Persistence::Durable;
         client.store_key = client.config.client_id.clone();
         client.outputs.push_back(ClientOutput::OpenTransport);
-        client
+        Ok(client)
     }
 
     // ---- getters ------------------------------------------------------------------------
@@ -635,6 +713,13 @@ impl Client {
     // ---- commands -----------------------------------------------------------------------
 
     /// Publishes a message. Completes with [`ClientEvent::Published`].
+    ///
+    /// 5.0: Subscription Identifiers in `properties` (say, of a message being forwarded) are
+    /// left out, as a client may not send them (5.0 [MQTT-3.3.4-6]); a Topic Alias is sent only
+    /// within the server's Topic Alias Maximum, and the topic name always goes with it. While
+    /// connected, a publish the server cannot take (its CONNACK's Maximum QoS, Retain
+    /// Available, Maximum Packet Size) is an error here; one queued until a server that cannot
+    /// take it is connected completes with [`ClientEvent::Failed`].
     pub fn publish(
         &mut self,
         now: Instant,
@@ -645,6 +730,8 @@ impl Client {
         properties: Properties,
     ) -> Result<Token, ClientError> {
         self.advance(now);
+        let mut properties = properties;
+        properties.retain(|p| !matches!(p, Property::SubscriptionIdentifier(_)));
         let publish = Publish {
             dup: false,
             qos,
@@ -659,7 +746,11 @@ impl Client {
         publish
             .encoded_len_check(self.config.version)
             .map_err(ClientError::Encode)?;
-        self.command(Request::Publish(publish))
+        let request = Request::Publish(publish);
+        if self.phase == Phase::Connected {
+            self.admissible(&request)?;
+        }
+        self.command(request)
     }
 
     /// Subscribes to filters. Completes with [`ClientEvent::Subscribed`].
@@ -673,7 +764,11 @@ impl Client {
         if filters.is_empty() {
             return Err(ClientError::Encode(EncodeError::EmptyList));
         }
-        self.command(Request::Subscribe(filters, properties))
+        let request = Request::Subscribe(filters, properties);
+        if self.phase == Phase::Connected {
+            self.admissible(&request)?;
+        }
+        self.command(request)
     }
 
     /// Unsubscribes from filters. Completes with [`ClientEvent::Unsubscribed`].
@@ -687,7 +782,11 @@ impl Client {
         if filters.is_empty() {
             return Err(ClientError::Encode(EncodeError::EmptyList));
         }
-        self.command(Request::Unsubscribe(filters, properties))
+        let request = Request::Unsubscribe(filters, properties);
+        if self.phase == Phase::Connected {
+            self.admissible(&request)?;
+        }
+        self.command(request)
     }
 
     /// Acknowledges a received QoS 1/2 message (manual-ack mode).
@@ -1060,19 +1159,99 @@ impl Client {
                 return;
             };
             let needs_window = matches!(front, Request::Publish(p) if p.qos != QoS::AtMostOnce);
+            let mut at = 0;
             if needs_window && self.publishes_in_flight() >= self.window() {
-                return;
+                // Publishes wait for the window, in order; a SUBSCRIBE or UNSUBSCRIBE behind
+                // them does not (5.0 [MQTT-3.3.4-8]).
+                let other = self
+                    .queue
+                    .iter()
+                    .position(|q| !matches!(q.request, Request::Publish(_)));
+                match other {
+                    Some(i) => at = i,
+                    None => return,
+                }
             }
             // Subscribe and unsubscribe need an in-flight slot too (outside the window).
-            let needs_slot = !matches!(front, Request::Publish(p) if p.qos == QoS::AtMostOnce);
+            let needs_slot =
+                at > 0 || !matches!(front, Request::Publish(p) if p.qos == QoS::AtMostOnce);
             if needs_slot && self.inflight.len() >= Ring::<Pending, INFLIGHT_CAPACITY>::capacity() {
                 return;
             }
-            let Some(queued) = self.queue.pop_front() else {
+            let next = if at == 0 {
+                self.queue.pop_front()
+            } else {
+                self.queue.remove(at)
+            };
+            let Some(queued) = next else {
                 return;
             };
             self.start(queued);
         }
+    }
+
+    /// Whether the connected server can take the command (5.0 CONNACK limits).
+    fn admissible(&self, request: &Request) -> Result<(), ClientError> {
+        let limits = self.server;
+        if let Request::Publish(p) = request {
+            if p.qos > limits.max_qos {
+                return Err(ClientError::QosNotSupported(limits.max_qos));
+            }
+            if p.retain && !limits.retain_available {
+                return Err(ClientError::RetainNotSupported);
+            }
+        }
+        if let Some(max) = limits.max_packet_size {
+            let size = match request {
+                // With an identifier (the placeholder's size is that of any other).
+                Request::Publish(p) => {
+                    Packet::Publish(self.outgoing(p, false)).encoded_len(self.config.version)
+                }
+                Request::Subscribe(filters, properties) => Packet::Subscribe(Subscribe {
+                    packet_id: PacketId::MIN,
+                    properties: properties.clone(),
+                    filters: filters.clone(),
+                })
+                .encoded_len(self.config.version),
+                Request::Unsubscribe(filters, properties) => Packet::Unsubscribe(Unsubscribe {
+                    packet_id: PacketId::MIN,
+                    properties: properties.clone(),
+                    filters: filters.clone(),
+                })
+                .encoded_len(self.config.version),
+            }
+            .map_err(ClientError::Encode)?;
+            if size > usize::try_from(max).unwrap_or(usize::MAX) {
+                return Err(ClientError::PacketTooLarge { size, max });
+            }
+        }
+        Ok(())
+    }
+
+    /// The PUBLISH as it goes on this connection: DUP on a resend (3.1.1 [MQTT-3.3.1-1]), and
+    /// a Topic Alias only within the server's Topic Alias Maximum (5.0 [MQTT-3.2.2-17],
+    /// [MQTT-3.2.2-18], [MQTT-3.3.2-9]). The topic name always goes too, so no alias needs to
+    /// outlive the connection (5.0 [MQTT-3.3.2-7]).
+    fn outgoing(&self, publish: &Publish, resend: bool) -> Publish {
+        let mut p = publish.clone();
+        p.dup = resend && p.qos != QoS::AtMostOnce;
+        if p.properties
+            .topic_alias()
+            .is_some_and(|alias| alias > self.server.topic_alias_max)
+        {
+            p.properties
+                .retain(|x| !matches!(x, Property::TopicAlias(_)));
+        }
+        if p.qos == QoS::AtMostOnce {
+            p.packet_id = None;
+        }
+        p
+    }
+
+    /// Drops a command the connected server cannot take, before it is sent.
+    fn fail(&mut self, token: Token, record: Option<u64>, error: ClientError) {
+        self.forget_record(record);
+        self.completion(ClientEvent::Failed { token, error });
     }
 
     fn start(&mut self, queued: Queued) {
@@ -1081,9 +1260,13 @@ impl Client {
             request,
             record,
         } = queued;
+        if let Err(error) = self.admissible(&request) {
+            self.fail(token, record, error);
+            return;
+        }
         match request {
-            Request::Publish(mut publish) if publish.qos == QoS::AtMostOnce => {
-                publish.packet_id = None;
+            Request::Publish(publish) if publish.qos == QoS::AtMostOnce => {
+                let publish = self.outgoing(&publish, false);
                 self.send(&Packet::Publish(publish));
                 self.completion(ClientEvent::Published {
                     token,
@@ -1117,12 +1300,7 @@ impl Client {
             (Request::Publish(_), Stage::AwaitingComp) => {
                 Packet::PubRel(PubRel::success(pending.id))
             }
-            (Request::Publish(p), Stage::AwaitingAck) => {
-                let mut p = p.clone();
-                // 3.1.1 [MQTT-3.3.1-1]: DUP on a redelivery.
-                p.dup = resend;
-                Packet::Publish(p)
-            }
+            (Request::Publish(p), Stage::AwaitingAck) => Packet::Publish(self.outgoing(p, resend)),
             (Request::Subscribe(filters, properties), _) => Packet::Subscribe(Subscribe {
                 packet_id: pending.id,
                 properties: properties.clone(),
@@ -1144,6 +1322,8 @@ impl Client {
         self.epoch += 1;
         self.recv.clear();
         self.out.clear();
+        self.aliases.clear();
+        self.server = ServerLimits::default();
         self.phase = Phase::Connecting;
         self.connect_deadline = Some(self.now + self.config.connect_timeout);
         let connect = Connect {
@@ -1315,8 +1495,9 @@ impl Client {
         self.attempts = 0;
         let props = &connack.properties;
         self.server_receive_max = props.receive_maximum();
+        self.server = ServerLimits::from_connack(props);
         if let Some(k) = props.server_keep_alive() {
-            // 5.0 [MQTT-3.1.2-21]: the server's keep alive replaces ours.
+            // 5.0 [MQTT-3.1.2-21] [MQTT-3.2.2-21]: the server's keep alive replaces ours.
             self.keep_alive = (k > 0).then(|| Duration::from_secs(u64::from(k)));
         }
         if let Some(id) = props.assigned_client_identifier() {
@@ -1367,6 +1548,18 @@ impl Client {
                 }
             }
         }
+        // A publish not yet acknowledged that this server cannot take is dropped unsent.
+        let refused: Vec<(PacketId, ClientError)> = self
+            .inflight
+            .iter()
+            .filter(|p| p.stage == Stage::AwaitingAck)
+            .filter_map(|p| self.admissible(&p.request).err().map(|e| (p.id, e)))
+            .collect();
+        for (id, error) in refused {
+            if let Some(p) = self.take_pending(id, |p| p.stage == Stage::AwaitingAck) {
+                self.fail(p.token, p.record, error);
+            }
+        }
         // 3.1.1 [MQTT-4.4.0-1] [MQTT-4.6.0-1]: resend in the original order; into a new
         // session as first deliveries (DUP 0, [MQTT-3.3.1-1]).
         let pending: Vec<Pending> = self.inflight.iter().cloned().collect();
@@ -1413,7 +1606,27 @@ impl Client {
         }
     }
 
-    fn incoming_publish(&mut self, publish: Publish) {
+    fn incoming_publish(&mut self, mut publish: Publish) {
+        if let Some(alias) = publish.properties.topic_alias() {
+            // 5.0 [MQTT-3.3.2-10]: any alias from 1 to the maximum we sent is accepted; above
+            // it, or an empty topic with an alias not mapped on this connection, is an error.
+            let ours = self.config.connect_properties.topic_alias_maximum();
+            if !self.config.version.is_v5() || alias > ours.unwrap_or(0) {
+                self.protocol_error(ClientProtocolError::TopicAlias(alias));
+                return;
+            }
+            if publish.topic.as_str().is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => {
+                        self.protocol_error(ClientProtocolError::TopicAlias(alias));
+                        return;
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, publish.topic.clone());
+            }
+        }
         let manual = self.config.manual_acks;
         let ack = match (publish.qos, publish.packet_id) {
             (QoS::AtMostOnce, _) | (_, None) => None,

@@ -682,6 +682,10 @@ impl Properties {
         receive_maximum -> u16 = ReceiveMaximum;
         /// Maximum Packet Size.
         maximum_packet_size -> u32 = MaximumPacketSize;
+        /// Maximum QoS (0 or 1; absent means 2).
+        maximum_qos -> u8 = MaximumQoS;
+        /// Retain Available (0 or 1; absent means 1).
+        retain_available -> u8 = RetainAvailable;
         /// Will Delay Interval, seconds.
         will_delay_interval -> u32 = WillDelayInterval;
         /// Server Keep Alive, seconds.

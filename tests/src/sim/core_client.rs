@@ -291,7 +291,8 @@ impl CoreSimClient {
             client_id,
             version,
             persistent,
-            client: Client::new(config.clone(), Instant::from_millis(start)),
+            client: Client::new(config.clone(), Instant::from_millis(start))
+                .expect("simulated client configurations are valid"),
             config,
             disk,
             rng,
@@ -816,7 +817,8 @@ impl CoreSimClient {
         self.up_at = None;
         self.fail_at = None;
         self.unsubscribing.clear();
-        let mut client = Client::new(self.config.clone(), Instant::from_millis(now));
+        let mut client = Client::new(self.config.clone(), Instant::from_millis(now))
+            .expect("simulated client configurations are valid");
         let report = match client.restore(snapshot.clone()) {
             Ok(report) => report,
             Err(e) => {

@@ -38,7 +38,7 @@ use bytes::Bytes;
 use futures_rustls::rustls::ClientConfig as TlsClientConfig;
 use futures_rustls::rustls::pki_types::ServerName;
 use surgemq_core::client::{
-    AckToken, ClientConfig, ClientError, ClientRestore, IncomingMessage, RestoreError,
+    AckToken, ClientConfig, ClientError, ClientRestore, ConfigError, IncomingMessage, RestoreError,
 };
 use surgemq_core::codec::{
     ConnectReason, Properties, PubAckReason, QoS, SubAckReason, SubscriptionOptions, UnsubAckReason,
@@ -117,6 +117,9 @@ pub enum AsyncClientError {
     /// [`Client::connect_with_store`]: the store's session cannot be resumed (e.g. the
     /// configuration asks for a clean session, which is never stored).
     Restore(RestoreError),
+    /// The configuration cannot connect (e.g. MQTT 3.1.1 with an empty client identifier and
+    /// no clean session); refused before any connection is made.
+    Config(ConfigError),
 }
 
 impl fmt::Display for AsyncClientError {
@@ -127,6 +130,7 @@ impl fmt::Display for AsyncClientError {
             Self::Closed => f.write_str("client closed"),
             Self::Io(e) => write!(f, "connection failed: {e}"),
             Self::Restore(e) => write!(f, "cannot resume the stored session: {e}"),
+            Self::Config(e) => write!(f, "invalid configuration: {e}"),
         }
     }
 }
@@ -137,6 +141,7 @@ impl std::error::Error for AsyncClientError {
             Self::Client(e) => Some(e),
             Self::Io(e) => Some(e),
             Self::Restore(e) => Some(e),
+            Self::Config(e) => Some(e),
             Self::Refused(_) | Self::Closed => None,
         }
     }
@@ -275,8 +280,7 @@ impl<R: TcpRuntime> Client<R> {
             commands_rx,
             messages_tx,
             ready_tx,
-        )
-        .map_err(AsyncClientError::Restore)?;
+        )?;
         runtime.spawn(task.run());
         match ready_rx.recv().await {
             Ok(Ok(())) => Ok((

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_lite::future;
 use surgemq_core::client::{
     AckToken, Client as CoreClient, ClientEvent, ClientInput, ClientOutput, ClientRestore,
-    IncomingMessage, Persistence, RestoreError, StoreFailure, Token,
+    IncomingMessage, Persistence, StoreFailure, Token,
 };
 use surgemq_core::codec::{Properties, QoS};
 use surgemq_core::store::{StoreOp, StoreSetup, StoreSink};
@@ -124,7 +124,7 @@ impl<R: TcpRuntime> Task<R> {
         commands: async_channel::Receiver<Command>,
         messages: async_channel::Sender<IncomingMessage>,
         ready: Ready,
-    ) -> Result<(Self, Option<ClientRestore>), RestoreError> {
+    ) -> Result<(Self, Option<ClientRestore>), AsyncClientError> {
         let (io_tx, io_rx) = async_channel::bounded(IO_CHANNEL);
         // The task acknowledges itself, once the application has taken the message.
         let mut config = options.config;
@@ -142,11 +142,13 @@ impl<R: TcpRuntime> Task<R> {
         let clock = Clock::start();
         let commit_first =
             store.is_some() && config.persistence == Persistence::Durable && !config.clean_start;
-        let mut core = CoreClient::new(config, clock.now());
+        let mut core = CoreClient::new(config, clock.now()).map_err(AsyncClientError::Config)?;
         let (store_done_tx, store_done) = async_channel::unbounded();
         let (store, report) = match store {
             Some(setup) => {
-                let report = core.restore(setup.snapshot)?;
+                let report = core
+                    .restore(setup.snapshot)
+                    .map_err(AsyncClientError::Restore)?;
                 tracing::info!("restored from the store: {report}");
                 let done_tx = store_done_tx.clone();
                 let sink = (setup.start)(Box::new(move |seq, result| {
@@ -477,6 +479,11 @@ impl<R: TcpRuntime> Task<R> {
             }
             ClientEvent::Unsubscribed { token, reasons } => {
                 self.complete(token, Completion::Unsubscribed(reasons));
+            }
+            ClientEvent::Failed { token, error } => {
+                if let Some(reply) = self.replies.remove(&token) {
+                    let _ = reply.try_send(Err(AsyncClientError::Client(error)));
+                }
             }
             ClientEvent::Disconnected => tracing::info!("disconnected from broker"),
             ClientEvent::StoreFailed(failure) => tracing::error!(
