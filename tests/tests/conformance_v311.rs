@@ -727,6 +727,90 @@ fn a_refusing_connack_has_session_present_0_even_with_a_stored_session() {
     assert!(tb.is_closed(conn));
 }
 
+/// A CONNECT body (variable header and payload) without its fixed header: protocol "MQTT"
+/// level 4, `flags`, keep alive 0, then `payload` as given.
+fn connect_body(flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, flags, 0x00, 0x00];
+    body.extend_from_slice(payload);
+    body
+}
+
+/// A packet of type and flags `first` around `body` (one-byte Remaining Length).
+fn with_fixed_header(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first, u8::try_from(body.len()).unwrap()];
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn a_connect_no_return_code_fits_is_closed_without_any_connack() {
+    // MQTT 3.1.1 [MQTT-3.2.2-6]: CONNECT packets malformed in their framing or Will fields, for
+    // which none of the return codes 1 to 5 is meant (malformed user names and passwords are
+    // left out: return code 4 covers them). The server closes the connection without sending a
+    // single byte (so no CONNACK), creates no session and processes nothing that followed.
+    let client_id = [0x00, 0x01, b'c'];
+    let mut trailing = connect_body(0x02, &client_id);
+    trailing.extend_from_slice(&[0xde, 0xad]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "reserved fixed-header flags set",
+            with_fixed_header(0x11, &connect_body(0x02, &client_id)),
+        ),
+        (
+            "protocol name longer than the packet",
+            vec![0x10, 0x04, 0x00, 0x10, b'M', b'Q'],
+        ),
+        (
+            "packet ends after the protocol level",
+            vec![0x10, 0x07, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04],
+        ),
+        (
+            "no client identifier field",
+            with_fixed_header(0x10, &connect_body(0x02, &[])),
+        ),
+        (
+            "client identifier longer than the packet",
+            with_fixed_header(0x10, &connect_body(0x02, &[0x00, 0x05, b'c'])),
+        ),
+        (
+            "Will Flag without Will Topic and Will Message",
+            with_fixed_header(0x10, &connect_body(0x06, &client_id)),
+        ),
+        (
+            "Will QoS 3",
+            with_fixed_header(
+                0x10,
+                &connect_body(
+                    0x1e,
+                    &[0x00, 0x01, b'c', 0x00, 0x01, b'w', 0x00, 0x01, b'm'],
+                ),
+            ),
+        ),
+        (
+            "bytes after the last payload field",
+            with_fixed_header(0x10, &trailing),
+        ),
+        (
+            "Remaining Length over four bytes",
+            vec![0x10, 0xff, 0xff, 0xff, 0xff, 0x01],
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut tb = tb();
+        let watcher = subscriber(&mut tb, "watcher", &[("#", Q0)]);
+        let sessions = tb.broker().session_count();
+        let conn = tb.open();
+        let mut chunk = bytes;
+        chunk.extend(bytes_of(&publish("after", b"x", Q0, None, false)));
+        chunk.extend(bytes_of(&Packet::PingReq));
+        tb.send_raw(conn, &chunk);
+        assert_eq!(tb.recv_raw(conn), Vec::<u8>::new(), "{what}: nothing sent");
+        assert!(tb.is_closed(conn), "{what}: closed");
+        assert_eq!(tb.broker().session_count(), sessions, "{what}: no session");
+        assert_eq!(tb.recv(watcher), vec![], "{what}: nothing processed");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3.3 PUBLISH
 // ---------------------------------------------------------------------------------------------
@@ -1273,6 +1357,106 @@ fn disconnect_with_reserved_bits_set_closes_and_publishes_the_will() {
         Some(DisconnectCause::Violation(_))
     ));
     assert_eq!(texts(&tb.recv_publishes(watcher)), ["bad disconnect"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4.1 Session state
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_session_is_not_discarded_while_its_connection_is_open() {
+    // MQTT 3.1.1 [MQTT-4.1.0-2]: with sessions that expire after a minute offline, sessions of
+    // open connections keep their subscriptions and their unacknowledged and queued messages
+    // through an hour, other clients coming and going, and the expiry of an offline session;
+    // also one that was offline for a while before it reconnected.
+    let mut tb = TestBroker::new(BrokerConfig {
+        session_expiry: Some(Duration::from_secs(60)),
+        max_inflight: 1,
+        ..config()
+    });
+    let persistent = tb.connect("persistent", false, V311);
+    subscribe_ok(&mut tb, persistent, &[("t", Q1)]);
+    let clean = subscriber(&mut tb, "clean", &[("t", Q1)]);
+    let returning = tb.connect("returning", false, V311);
+    subscribe_ok(&mut tb, returning, &[("t", Q1)]);
+    tb.close_socket(returning);
+    let leaving = tb.connect("leaving", false, V311);
+    subscribe_ok(&mut tb, leaving, &[("t", Q1)]);
+    tb.close_socket(leaving);
+    tb.advance(Duration::from_secs(30));
+    let returning = tb.connect("returning", false, V311);
+    assert!(returning.session_present);
+    assert_eq!(tb.broker().session_count(), 4);
+
+    // Two messages: one in flight (not acknowledged) and one queued behind it, per session.
+    let p = tb.connect("p", true, V311);
+    pub1(&mut tb, p, "t", "one", false, 1);
+    pub1(&mut tb, p, "t", "two", false, 2);
+    tb.send(p, &disconnect());
+    let live = [
+        ("persistent", persistent),
+        ("clean", clean),
+        ("returning", returning),
+    ];
+    let mut first_ids = Vec::new();
+    for (id, c) in live {
+        let got = tb.recv_publishes(c);
+        assert_eq!(texts(&got), ["one"], "{id}");
+        first_ids.push(got[0].packet_id.unwrap());
+        assert_eq!(tb.broker().inflight_messages(id), Some(1), "{id}");
+        assert_eq!(tb.broker().queued_messages(id), Some(1), "{id}");
+    }
+
+    // An hour of others connecting with new identifiers, and of the offline session expiring.
+    for minute in 0..60 {
+        let other = tb.connect(&format!("other-{minute}"), minute % 2 == 0, V311);
+        subscribe_ok(&mut tb, other, &[("t", Q0)]);
+        tb.send(other, &disconnect());
+        tb.advance(Duration::from_secs(60));
+    }
+    assert!(
+        tb.events().iter().any(|e| matches!(
+            e,
+            Event::SessionExpired { client_id } if client_id.as_str() == "leaving"
+        )),
+        "the offline session expired"
+    );
+    let expired_live = tb.events().iter().any(|e| {
+        matches!(
+            e,
+            Event::SessionExpired { client_id }
+                if ["persistent", "clean", "returning"].contains(&client_id.as_str())
+        )
+    });
+    assert!(!expired_live, "a live session expired");
+
+    // Each live session still has its in-flight and queued messages and its subscription.
+    for ((id, c), first) in live.into_iter().zip(first_ids) {
+        assert!(!tb.is_closed(c), "{id}");
+        assert_eq!(tb.broker().inflight_messages(id), Some(1), "{id}");
+        assert_eq!(tb.broker().queued_messages(id), Some(1), "{id}");
+        tb.send(
+            c,
+            &Packet::PubAck(surgemq_core::codec::PubAck::success(first)),
+        );
+        let got = tb.recv_publishes(c);
+        assert_eq!(texts(&got), ["two"], "{id}");
+        let second = got[0].packet_id.unwrap();
+        tb.send(
+            c,
+            &Packet::PubAck(surgemq_core::codec::PubAck::success(second)),
+        );
+        assert_eq!(tb.broker().inflight_messages(id), Some(0), "{id}");
+    }
+    let p = tb.connect("p", true, V311);
+    pub1(&mut tb, p, "t", "three", false, 3);
+    for (id, c) in live {
+        assert_eq!(
+            texts(&tb.recv_publishes(c)),
+            ["three"],
+            "{id} is still subscribed"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -324,6 +324,9 @@ struct Pending {
     stage: Stage,
     /// The publish's number in the store (message and delivery), when it is stored.
     record: Option<u64>,
+    /// Transmitted on the current connection. A resumed session resends a PUBLISH only
+    /// within the server's Receive Maximum; the rest wait for room, in order.
+    sent: bool,
 }
 
 /// What the server accepts, from its CONNACK (5.0; a 3.x server states nothing).
@@ -686,6 +689,7 @@ impl Client {
                         request,
                         stage,
                         record,
+                        sent: false,
                     })
                     .is_ok(),
                 None => self
@@ -1102,11 +1106,28 @@ impl Client {
             .map_or(ours, |theirs| ours.min(usize::from(theirs)))
     }
 
+    /// QoS 1/2 publishes the server holds unacknowledged: sent on this connection, or past
+    /// PUBREC (unacknowledged until PUBCOMP) — what its Receive Maximum counts.
     fn publishes_in_flight(&self) -> usize {
         self.inflight
             .iter()
-            .filter(|p| matches!(p.request, Request::Publish(_)))
+            .filter(|p| {
+                matches!(p.request, Request::Publish(_))
+                    && (p.sent || p.stage == Stage::AwaitingComp)
+            })
             .count()
+    }
+
+    /// Resends, in order, publishes of a resumed session that the window held back.
+    fn resend_held_back(&mut self) {
+        while self.publishes_in_flight() < self.window() {
+            let Some(p) = self.inflight.iter_mut().find(|p| !p.sent) else {
+                return;
+            };
+            p.sent = true;
+            let p = p.clone();
+            self.transmit_pending(&p, true);
+        }
     }
 
     fn command(&mut self, request: Request) -> Result<Token, ClientError> {
@@ -1154,13 +1175,20 @@ impl Client {
             self.resubscribe_pending = false;
             self.resubscribe();
         }
+        if self.phase == Phase::Connected {
+            self.resend_held_back();
+        }
         while self.phase == Phase::Connected {
             let Some(Queued { request: front, .. }) = self.queue.front() else {
                 return;
             };
             let needs_window = matches!(front, Request::Publish(p) if p.qos != QoS::AtMostOnce);
+            // No publish overtakes a resend the window still holds back.
+            let held_back = self.inflight.iter().any(|p| !p.sent);
             let mut at = 0;
-            if needs_window && self.publishes_in_flight() >= self.window() {
+            if (held_back && matches!(front, Request::Publish(_)))
+                || (needs_window && self.publishes_in_flight() >= self.window())
+            {
                 // Publishes wait for the window, in order; a SUBSCRIBE or UNSUBSCRIBE behind
                 // them does not (5.0 [MQTT-3.3.4-8]).
                 let other = self
@@ -1285,6 +1313,7 @@ impl Client {
                     request,
                     stage: Stage::AwaitingAck,
                     record,
+                    sent: true,
                 };
                 self.store_pending(&pending);
                 self.transmit_pending(&pending, false);
@@ -1561,8 +1590,26 @@ impl Client {
             }
         }
         // 3.1.1 [MQTT-4.4.0-1] [MQTT-4.6.0-1]: resend in the original order; into a new
-        // session as first deliveries (DUP 0, [MQTT-3.3.1-1]).
-        let pending: Vec<Pending> = self.inflight.iter().cloned().collect();
+        // session as first deliveries (DUP 0, [MQTT-3.3.1-1]). PUBLISH packets only within
+        // the server's Receive Maximum (5.0 [MQTT-3.3.4-7]), counting the QoS 2 exchanges
+        // past PUBREC; the rest go as acknowledgements make room. PUBREL, SUBSCRIBE and
+        // UNSUBSCRIBE go at once ([MQTT-3.3.4-8]).
+        for p in self.inflight.iter_mut() {
+            p.sent = false;
+        }
+        let mut quota = self.window().saturating_sub(self.publishes_in_flight());
+        let mut pending: Vec<Pending> = Vec::new();
+        for p in self.inflight.iter_mut() {
+            let publish = matches!(p.request, Request::Publish(_)) && p.stage == Stage::AwaitingAck;
+            if publish {
+                if quota == 0 {
+                    continue;
+                }
+                quota -= 1;
+            }
+            p.sent = true;
+            pending.push(p.clone());
+        }
         for p in &pending {
             self.transmit_pending(p, session_present);
         }
@@ -1713,9 +1760,13 @@ impl Client {
             return;
         }
         let mut stored = None;
-        if let Some(p) = self.inflight.iter_mut().find(|p| p.id == id && qos2(p)) {
+        let at = self.inflight.iter().position(|p| p.id == id && qos2(p));
+        if let Some(mut p) = at.and_then(|at| self.inflight.remove(at)) {
             p.stage = Stage::AwaitingComp;
             stored = p.stored(&self.store_key).map(|(_, delivery)| delivery);
+            // 3.1.1 [MQTT-4.6.0-4]: PUBRELs, resent ones too, go in the order the PUBRECs
+            // came; resends follow the in-flight order. (It was just removed: there is room.)
+            let _ = self.inflight.push_back(p);
         }
         if let Some(delivery) = stored {
             // The PUBREL below waits for this in durable mode: a restart resends PUBREL,
