@@ -10,203 +10,34 @@
 //! transmits is decoded. Time is virtual.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
+#[path = "support/scripted.rs"]
+mod scripted;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use surgemq_core::client::{
-    Client, ClientConfig, ClientError, ClientEvent, ClientInput, ClientOutput, Token,
+use bytes::Bytes;
+use scripted::{
+    Drained, Out, Q0, Q1, Q2, Sim, delivered, incoming, incoming_on, names, pid, puback,
+    puback_with, pubcomp, published, pubrec, pubrec_with, pubrel, pubrels, suback, topic, unsuback,
 };
+use surgemq_core::client::{ClientConfig, ClientEvent, Token};
 use surgemq_core::codec::{
-    ConnAck, ConnectReason, DisconnectReason, MAX_PACKET_SIZE, Packet, PacketId, Properties,
-    Property, ProtocolVersion, PubAck, PubAckReason, PubRel, PubRelReason, Publish, QoS, SubAck,
-    SubAckReason, SubscriptionOptions, decode_buf,
+    DisconnectReason, Packet, Properties, Property, ProtocolVersion, PubAckReason, PubRelReason,
+    Publish, QoS, SubAckReason, UnsubAckReason,
 };
 use surgemq_core::string::MqttString;
-use surgemq_core::time::Instant;
-use surgemq_core::topic::{TopicFilter, TopicName};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
-const Q0: QoS = QoS::AtMostOnce;
-const Q1: QoS = QoS::AtLeastOnce;
-const Q2: QoS = QoS::ExactlyOnce;
-
-// ---------------------------------------------------------------------------------------------
-// Harness: one client, a scripted server, virtual time
-// ---------------------------------------------------------------------------------------------
-
-/// The one place clients are made (the constructor's signature may change).
-fn new_client(config: ClientConfig, now: Instant) -> Client {
-    Client::new(config, now).unwrap()
-}
 
 /// A 5.0 configuration; `clean_start` false asks for a session that outlives the connection.
 fn config(client_id: &str, clean_start: bool) -> ClientConfig {
-    let mut config = ClientConfig::new(MqttString::new(client_id).unwrap());
-    config.version = V5;
-    config.clean_start = clean_start;
-    if !clean_start {
-        config.connect_properties = Properties::new().with(Property::SessionExpiryInterval(3600));
-    }
-    config
-}
-
-/// One output of the client, in the order it came.
-#[derive(Debug)]
-enum Out {
-    Open,
-    Sent(Bytes),
-    Close,
-    Event(ClientEvent),
-    Store,
-}
-
-/// What one drain of the client produced, with the transmitted bytes decoded.
-#[derive(Debug, Default)]
-struct Drained {
-    packets: Vec<Packet>,
-    events: Vec<ClientEvent>,
-    opened: bool,
-}
-
-struct Sim {
-    client: Client,
-    now: Instant,
-    /// The CONNACK properties the scripted server answers with.
-    connack_properties: Properties,
-}
-
-impl Sim {
-    fn new(config: ClientConfig) -> Self {
-        let now = Instant::ZERO;
-        Self {
-            client: new_client(config, now),
-            now,
-            connack_properties: Properties::new(),
-        }
-    }
-
-    /// Every output until the client has nothing more to say, as it came.
-    fn outputs(&mut self) -> Vec<Out> {
-        let mut outs = Vec::new();
-        while let Some(output) = self.client.poll_output() {
-            outs.push(match output {
-                ClientOutput::OpenTransport => Out::Open,
-                ClientOutput::Transmit(bytes) => Out::Sent(bytes),
-                ClientOutput::CloseTransport => Out::Close,
-                ClientOutput::Event(e) => Out::Event(e),
-                ClientOutput::Store { .. } => Out::Store,
-            });
-        }
-        outs
-    }
-
-    fn drain(&mut self) -> Drained {
-        let mut d = Drained::default();
-        for out in self.outputs() {
-            match out {
-                Out::Open => d.opened = true,
-                Out::Sent(bytes) => d.packets.extend(decode_all(&bytes)),
-                Out::Event(e) => d.events.push(e),
-                Out::Close | Out::Store => {}
-            }
-        }
-        d
-    }
-
-    fn receive(&mut self, packet: Packet) {
-        self.receive_all(&[packet]);
-    }
-
-    /// Several packets in one read.
-    fn receive_all(&mut self, packets: &[Packet]) {
-        let mut buf = BytesMut::new();
-        for packet in packets {
-            packet.encode(V5, &mut buf).unwrap();
-        }
-        self.client
-            .handle_input(self.now, ClientInput::Received(buf.freeze()));
-    }
-
-    /// Answers the pending OpenTransport: transport up, CONNECT checked, CONNACK Success with
-    /// `session_present` and the server's properties. Returns what followed the CONNACK.
-    fn connect(&mut self, session_present: bool) -> Drained {
-        let d = self.drain();
-        assert!(d.opened, "no OpenTransport: {d:?}");
-        self.client.handle_input(self.now, ClientInput::TransportUp);
-        let d = self.drain();
-        assert!(
-            matches!(d.packets.as_slice(), [Packet::Connect(_)]),
-            "{:?}",
-            d.packets
-        );
-        self.receive(Packet::ConnAck(ConnAck {
-            session_present,
-            reason: ConnectReason::Success,
-            properties: self.connack_properties.clone(),
-        }));
-        let d = self.drain();
-        assert!(
-            d.events
-                .iter()
-                .any(|e| matches!(e, ClientEvent::Connected { .. })),
-            "{d:?}"
-        );
-        d
-    }
-
-    /// The transport is lost; past the backoff the client reconnects. Returns what followed
-    /// the new CONNACK.
-    fn reconnect(&mut self, session_present: bool) -> Drained {
-        self.client
-            .handle_input(self.now, ClientInput::TransportDown);
-        let d = self.drain();
-        assert!(d.packets.is_empty(), "{d:?}");
-        self.now = self.client.poll_timeout().unwrap();
-        self.client.handle_input(self.now, ClientInput::Timeout);
-        self.connect(session_present)
-    }
-
-    fn publish(&mut self, payload: &'static str, qos: QoS) -> Token {
-        self.client
-            .publish(
-                self.now,
-                topic("t"),
-                Bytes::from_static(payload.as_bytes()),
-                qos,
-                false,
-                Properties::new(),
-            )
-            .unwrap()
-    }
-
-    /// Publishes and returns the token with the identifier of the PUBLISH that went out at once.
-    fn publish_now(&mut self, payload: &'static str, qos: QoS) -> (Token, u16) {
-        let token = self.publish(payload, qos);
-        let d = self.drain();
-        let [Packet::Publish(p)] = d.packets.as_slice() else {
-            panic!("one PUBLISH expected: {d:?}")
-        };
-        assert!(!p.dup);
-        (token, p.packet_id.unwrap().get())
-    }
-}
-
-fn decode_all(bytes: &Bytes) -> Vec<Packet> {
-    let mut buf = BytesMut::from(&bytes[..]);
-    let mut packets = Vec::new();
-    while let Some(p) = decode_buf(&mut buf, V5, MAX_PACKET_SIZE).unwrap() {
-        packets.push(p);
-    }
-    assert!(buf.is_empty(), "a Transmit ends inside a packet");
-    packets
+    scripted::config(V5, client_id, clean_start)
 }
 
 /// A connected client with a fresh session.
 fn connected(clean_start: bool) -> Sim {
-    let mut sim = Sim::new(config("c", clean_start));
-    sim.connect(false);
-    sim
+    Sim::connected(config("c", clean_start), Properties::new())
 }
 
 /// A connected client whose server sent Receive Maximum `receive_max` in CONNACK; the client's
@@ -214,128 +45,17 @@ fn connected(clean_start: bool) -> Sim {
 fn connected_with_receive_max(receive_max: u16, clean_start: bool) -> Sim {
     let mut config = config("c", clean_start);
     config.max_inflight = 100;
-    let mut sim = Sim::new(config);
-    sim.connack_properties = Properties::new().with(Property::ReceiveMaximum(receive_max));
-    sim.connect(false);
-    sim
+    Sim::connected(config, receive_maximum(receive_max))
 }
 
-fn pid(n: u16) -> PacketId {
-    PacketId::new(n).unwrap()
+/// CONNACK properties with Receive Maximum `receive_max`.
+fn receive_maximum(receive_max: u16) -> Properties {
+    Properties::new().with(Property::ReceiveMaximum(receive_max))
 }
 
-fn topic(s: &str) -> TopicName {
-    TopicName::parse(s).unwrap()
-}
-
-fn filter(s: &str) -> TopicFilter {
-    TopicFilter::parse(s).unwrap()
-}
-
-fn puback(id: u16) -> Packet {
-    Packet::PubAck(PubAck::success(pid(id)))
-}
-
-fn puback_with(id: u16, reason: PubAckReason) -> Packet {
-    Packet::PubAck(PubAck {
-        packet_id: pid(id),
-        reason,
-        properties: Properties::new(),
-    })
-}
-
-fn pubrec(id: u16) -> Packet {
-    Packet::PubRec(PubAck::success(pid(id)))
-}
-
-fn pubrec_with(id: u16, reason: PubAckReason) -> Packet {
-    Packet::PubRec(PubAck {
-        packet_id: pid(id),
-        reason,
-        properties: Properties::new(),
-    })
-}
-
-fn pubrel(id: u16) -> Packet {
-    Packet::PubRel(PubRel::success(pid(id)))
-}
-
-fn pubcomp(id: u16) -> Packet {
-    Packet::PubComp(PubRel::success(pid(id)))
-}
-
-/// A PUBLISH from the server.
-fn incoming(qos: QoS, id: Option<u16>, dup: bool, payload: &[u8]) -> Packet {
-    incoming_on("in", qos, id, dup, payload)
-}
-
-fn incoming_on(topic_name: &str, qos: QoS, id: Option<u16>, dup: bool, payload: &[u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup,
-        qos,
-        retain: false,
-        topic: topic(topic_name),
-        packet_id: id.map(pid),
-        properties: Properties::new(),
-        payload: Bytes::copy_from_slice(payload),
-    })
-}
-
-/// A packet in a few words, for readable assertions: "PUBLISH 3 q1 dup", "PUBREL 3",
-/// "PUBACK 4" (a reason other than Success is added in hex).
-fn name(packet: &Packet) -> String {
-    let ack = |kind: &str, id: PacketId, code: u8| {
-        if code == 0 {
-            format!("{kind} {}", id.get())
-        } else {
-            format!("{kind} {} {code:#04x}", id.get())
-        }
-    };
-    match packet {
-        Packet::Connect(_) => "CONNECT".into(),
-        Packet::Publish(p) => format!(
-            "PUBLISH {} q{}{}",
-            p.packet_id
-                .map_or_else(|| "-".into(), |i| i.get().to_string()),
-            p.qos.as_u8(),
-            if p.dup { " dup" } else { "" }
-        ),
-        Packet::PubAck(a) => ack("PUBACK", a.packet_id, a.reason.code()),
-        Packet::PubRec(a) => ack("PUBREC", a.packet_id, a.reason.code()),
-        Packet::PubRel(r) => ack("PUBREL", r.packet_id, r.reason.code()),
-        Packet::PubComp(r) => ack("PUBCOMP", r.packet_id, r.reason.code()),
-        Packet::Subscribe(s) => format!("SUBSCRIBE {}", s.packet_id.get()),
-        Packet::Unsubscribe(u) => format!("UNSUBSCRIBE {}", u.packet_id.get()),
-        Packet::PingReq => "PINGREQ".into(),
-        Packet::Disconnect(_) => "DISCONNECT".into(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn names(packets: &[Packet]) -> Vec<String> {
-    packets.iter().map(name).collect()
-}
-
-/// The publishes completed, in order, with their reasons.
-fn published(events: &[ClientEvent]) -> Vec<(Token, PubAckReason)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Published { token, reason } => Some((*token, *reason)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The payloads of the application messages delivered, in order.
-fn delivered(events: &[ClientEvent]) -> Vec<Vec<u8>> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Message(m) => Some(m.publish.payload.to_vec()),
-            _ => None,
-        })
-        .collect()
+/// A packet identifier other than `id`.
+fn other_than(id: u16) -> u16 {
+    if id == 1 { 2 } else { 1 }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,8 +71,10 @@ fn acknowledgements_carry_the_packet_identifier_of_the_publish() {
     for _ in 0..3 {
         ids.push(sim.publish_now("q2", Q2).1);
     }
-    sim.receive(pubrec(ids[1]));
-    assert_eq!(names(&sim.drain().packets), [format!("PUBREL {}", ids[1])]);
+    assert_eq!(
+        names(&sim.feed(pubrec(ids[1])).packets),
+        [format!("PUBREL {}", ids[1])]
+    );
 
     sim.receive_all(&[
         incoming(Q1, Some(0x1234), false, b"a"),
@@ -386,9 +108,8 @@ fn a_qos_1_publish_stays_unacknowledged_until_its_puback() {
     // resume; once its PUBACK arrives it completes and is never sent again.
     let mut sim = connected(false);
     let (token, id) = sim.publish_now("q1", Q1);
-    let other = if id == 1 { 2 } else { 1 };
-    sim.receive_all(&[pubcomp(id), puback(other)]);
-    let d = sim.drain();
+    let other = other_than(id);
+    let d = sim.feed_all(&[pubcomp(id), puback(other)]);
     assert!(published(&d.events).is_empty(), "{d:?}");
     assert!(d.packets.is_empty(), "{d:?}");
     assert_eq!(sim.client.inflight_len(), 1);
@@ -398,8 +119,7 @@ fn a_qos_1_publish_stays_unacknowledged_until_its_puback() {
         assert_eq!(names(&d.packets), [format!("PUBLISH {id} q1 dup")]);
         assert!(published(&d.events).is_empty(), "{d:?}");
     }
-    sim.receive(puback(id));
-    let d = sim.drain();
+    let d = sim.feed(puback(id));
     assert_eq!(published(&d.events), [(token, PubAckReason::Success)]);
     assert_eq!(sim.client.inflight_len(), 0);
     let d = sim.reconnect(true);
@@ -411,8 +131,7 @@ fn a_received_qos_1_publish_is_answered_with_puback_of_its_identifier() {
     // MQTT 5.0 [MQTT-4.3.2-4]
     let mut sim = connected(true);
     for id in [1, 77, 0x8000, u16::MAX] {
-        sim.receive(incoming(Q1, Some(id), false, b"m"));
-        let d = sim.drain();
+        let d = sim.feed(incoming(Q1, Some(id), false, b"m"));
         assert_eq!(names(&d.packets), [format!("PUBACK {id}")]);
         assert_eq!(delivered(&d.events), [b"m"]);
     }
@@ -422,13 +141,11 @@ fn a_received_qos_1_publish_is_answered_with_puback_of_its_identifier() {
 fn after_its_puback_a_publish_reusing_the_identifier_is_a_new_message() {
     // MQTT 5.0 [MQTT-4.3.2-5]: whatever its DUP flag says.
     let mut sim = connected(true);
-    sim.receive(incoming(Q1, Some(7), false, b"first"));
-    let d = sim.drain();
+    let d = sim.feed(incoming(Q1, Some(7), false, b"first"));
     assert_eq!(names(&d.packets), ["PUBACK 7"]);
     assert_eq!(delivered(&d.events), [b"first"]);
     for (dup, payload) in [(true, &b"second"[..]), (false, &b"third"[..])] {
-        sim.receive(incoming(Q1, Some(7), dup, payload));
-        let d = sim.drain();
+        let d = sim.feed(incoming(Q1, Some(7), dup, payload));
         assert_eq!(names(&d.packets), ["PUBACK 7"], "dup {dup}");
         assert_eq!(
             delivered(&d.events),
@@ -448,13 +165,11 @@ fn a_qos_2_publish_stays_unacknowledged_until_its_pubrec() {
     // neither advance nor complete it; it is resent on session resume until its PUBREC comes.
     let mut sim = connected(false);
     let (_, id) = sim.publish_now("q2", Q2);
-    let other = if id == 1 { 2 } else { 1 };
-    sim.receive_all(&[puback(id), pubcomp(id)]);
-    let d = sim.drain();
+    let other = other_than(id);
+    let d = sim.feed_all(&[puback(id), pubcomp(id)]);
     assert!(d.packets.is_empty(), "no PUBREL without PUBREC: {d:?}");
     assert!(published(&d.events).is_empty(), "{d:?}");
-    sim.receive(pubrec(other));
-    let d = sim.drain();
+    let d = sim.feed(pubrec(other));
     assert!(
         !names(&d.packets).contains(&format!("PUBREL {id}")),
         "{d:?}"
@@ -462,8 +177,10 @@ fn a_qos_2_publish_stays_unacknowledged_until_its_pubrec() {
 
     let d = sim.reconnect(true);
     assert_eq!(names(&d.packets), [format!("PUBLISH {id} q2 dup")]);
-    sim.receive(pubrec(id));
-    assert_eq!(names(&sim.drain().packets), [format!("PUBREL {id}")]);
+    assert_eq!(
+        names(&sim.feed(pubrec(id)).packets),
+        [format!("PUBREL {id}")]
+    );
     let d = sim.reconnect(true);
     assert_eq!(
         names(&d.packets),
@@ -478,12 +195,10 @@ fn a_pubrec_below_0x80_is_answered_with_pubrel_of_the_same_identifier() {
     let mut sim = connected(true);
     for reason in [PubAckReason::Success, PubAckReason::NoMatchingSubscribers] {
         let (token, id) = sim.publish_now("q2", Q2);
-        sim.receive(pubrec_with(id, reason));
-        let d = sim.drain();
+        let d = sim.feed(pubrec_with(id, reason));
         assert_eq!(names(&d.packets), [format!("PUBREL {id}")], "{reason:?}");
         assert!(published(&d.events).is_empty(), "not before PUBCOMP: {d:?}");
-        sim.receive(pubcomp(id));
-        let d = sim.drain();
+        let d = sim.feed(pubcomp(id));
         assert_eq!(published(&d.events).len(), 1, "{d:?}");
         assert_eq!(published(&d.events)[0].0, token);
     }
@@ -495,19 +210,19 @@ fn a_pubrel_stays_unacknowledged_until_its_pubcomp() {
     // resent on every session resume.
     let mut sim = connected(false);
     let (token, id) = sim.publish_now("q2", Q2);
-    let other = if id == 1 { 2 } else { 1 };
-    sim.receive(pubrec(id));
-    assert_eq!(names(&sim.drain().packets), [format!("PUBREL {id}")]);
-    sim.receive_all(&[puback(id), pubcomp(other)]);
-    let d = sim.drain();
+    let other = other_than(id);
+    assert_eq!(
+        names(&sim.feed(pubrec(id)).packets),
+        [format!("PUBREL {id}")]
+    );
+    let d = sim.feed_all(&[puback(id), pubcomp(other)]);
     assert!(published(&d.events).is_empty(), "{d:?}");
     assert_eq!(sim.client.inflight_len(), 1);
     for _ in 0..2 {
         let d = sim.reconnect(true);
         assert_eq!(names(&d.packets), [format!("PUBREL {id}")]);
     }
-    sim.receive(pubcomp(id));
-    let d = sim.drain();
+    let d = sim.feed(pubcomp(id));
     assert_eq!(published(&d.events), [(token, PubAckReason::Success)]);
     assert!(d.packets.is_empty(), "{d:?}");
     let d = sim.reconnect(true);
@@ -520,8 +235,10 @@ fn the_publish_is_never_resent_once_its_pubrel_was_sent() {
     // session.
     let mut sim = connected(false);
     let (token, id) = sim.publish_now("q2", Q2);
-    sim.receive(pubrec(id));
-    assert_eq!(names(&sim.drain().packets), [format!("PUBREL {id}")]);
+    assert_eq!(
+        names(&sim.feed(pubrec(id)).packets),
+        [format!("PUBREL {id}")]
+    );
     let no_publish = |d: &Drained| {
         assert!(
             !d.packets.iter().any(|p| matches!(p, Packet::Publish(_))),
@@ -531,8 +248,7 @@ fn the_publish_is_never_resent_once_its_pubrel_was_sent() {
     let d = sim.reconnect(true);
     no_publish(&d);
     assert_eq!(names(&d.packets), [format!("PUBREL {id}")]);
-    sim.receive(pubrec(id));
-    let d = sim.drain();
+    let d = sim.feed(pubrec(id));
     no_publish(&d);
     let d = sim.reconnect(false);
     no_publish(&d);
@@ -552,8 +268,7 @@ fn a_received_qos_2_publish_is_answered_with_pubrec_of_its_identifier() {
     // MQTT 5.0 [MQTT-4.3.3-8]
     let mut sim = connected(true);
     for id in [1, 99, 0x8001, u16::MAX] {
-        sim.receive(incoming(Q2, Some(id), false, b"m"));
-        let d = sim.drain();
+        let d = sim.feed(incoming(Q2, Some(id), false, b"m"));
         assert_eq!(names(&d.packets), [format!("PUBREC {id}")]);
         assert_eq!(delivered(&d.events), [b"m"]);
     }
@@ -564,23 +279,19 @@ fn until_pubrel_a_repeated_qos_2_publish_gets_pubrec_and_is_not_delivered_again(
     // MQTT 5.0 [MQTT-4.3.3-10]: with DUP or without, on the same connection and after a session
     // resume.
     let mut sim = connected(false);
-    sim.receive(incoming(Q2, Some(9), false, b"once"));
-    let d = sim.drain();
+    let d = sim.feed(incoming(Q2, Some(9), false, b"once"));
     assert_eq!(names(&d.packets), ["PUBREC 9"]);
     assert_eq!(delivered(&d.events), [b"once"]);
     for dup in [true, false, true] {
-        sim.receive(incoming(Q2, Some(9), dup, b"once"));
-        let d = sim.drain();
+        let d = sim.feed(incoming(Q2, Some(9), dup, b"once"));
         assert_eq!(names(&d.packets), ["PUBREC 9"], "dup {dup}");
         assert!(delivered(&d.events).is_empty(), "delivered twice: {d:?}");
     }
     sim.reconnect(true);
-    sim.receive(incoming(Q2, Some(9), true, b"once"));
-    let d = sim.drain();
+    let d = sim.feed(incoming(Q2, Some(9), true, b"once"));
     assert_eq!(names(&d.packets), ["PUBREC 9"]);
     assert!(delivered(&d.events).is_empty(), "delivered twice: {d:?}");
-    sim.receive(pubrel(9));
-    assert_eq!(names(&sim.drain().packets), ["PUBCOMP 9"]);
+    assert_eq!(names(&sim.feed(pubrel(9)).packets), ["PUBCOMP 9"]);
 }
 
 #[test]
@@ -590,8 +301,7 @@ fn a_pubrel_is_answered_with_pubcomp_of_the_same_identifier() {
     let mut sim = connected(true);
     sim.receive_all(&[incoming(Q2, Some(3), false, b"m"), pubrel(3)]);
     assert_eq!(names(&sim.drain().packets), ["PUBREC 3", "PUBCOMP 3"]);
-    sim.receive(pubrel(3));
-    let d = sim.drain();
+    let d = sim.feed(pubrel(3));
     assert_eq!(d.packets.len(), 1, "{d:?}");
     let Packet::PubComp(comp) = &d.packets[0] else {
         panic!("{d:?}")
@@ -605,8 +315,7 @@ fn a_pubrel_is_answered_with_pubcomp_of_the_same_identifier() {
         ),
         "{comp:?}"
     );
-    sim.receive(pubrel(40_000));
-    let d = sim.drain();
+    let d = sim.feed(pubrel(40_000));
     assert!(
         matches!(d.packets.as_slice(), [Packet::PubComp(c)] if c.packet_id == pid(40_000)),
         "{d:?}"
@@ -617,17 +326,14 @@ fn a_pubrel_is_answered_with_pubcomp_of_the_same_identifier() {
 fn after_its_pubcomp_a_publish_reusing_the_identifier_is_a_new_message() {
     // MQTT 5.0 [MQTT-4.3.3-12]
     let mut sim = connected(true);
-    sim.receive_all(&[incoming(Q2, Some(5), false, b"first"), pubrel(5)]);
-    let d = sim.drain();
+    let d = sim.feed_all(&[incoming(Q2, Some(5), false, b"first"), pubrel(5)]);
     assert_eq!(names(&d.packets), ["PUBREC 5", "PUBCOMP 5"]);
     assert_eq!(delivered(&d.events), [b"first"]);
     for (dup, payload) in [(true, &b"second"[..]), (false, &b"third"[..])] {
-        sim.receive(incoming(Q2, Some(5), dup, payload));
-        let d = sim.drain();
+        let d = sim.feed(incoming(Q2, Some(5), dup, payload));
         assert_eq!(names(&d.packets), ["PUBREC 5"], "dup {dup}");
         assert_eq!(delivered(&d.events), [payload], "a new message, dup {dup}");
-        sim.receive(pubrel(5));
-        assert_eq!(names(&sim.drain().packets), ["PUBCOMP 5"]);
+        assert_eq!(names(&sim.feed(pubrel(5)).packets), ["PUBCOMP 5"]);
     }
 }
 
@@ -643,11 +349,10 @@ fn a_puback_or_pubrec_of_0x80_or_more_completes_the_publish_and_it_is_never_rese
     let (t1, id1) = sim.publish_now("q1 refused", Q1);
     let (t2, id2) = sim.publish_now("q2 refused", Q2);
     let (_, pending) = sim.publish_now("q1 still pending", Q1);
-    sim.receive_all(&[
+    let d = sim.feed_all(&[
         puback_with(id1, PubAckReason::UnspecifiedError),
         pubrec_with(id2, PubAckReason::NotAuthorized),
     ]);
-    let d = sim.drain();
     assert!(
         d.packets.is_empty(),
         "no PUBREL after a failed PUBREC: {d:?}"
@@ -668,8 +373,7 @@ fn a_puback_or_pubrec_of_0x80_or_more_completes_the_publish_and_it_is_never_rese
         PubAckReason::PayloadFormatInvalid,
     ] {
         let (t, id) = sim.publish_now("q2 refused", Q2);
-        sim.receive(pubrec_with(id, reason));
-        let d = sim.drain();
+        let d = sim.feed(pubrec_with(id, reason));
         assert!(d.packets.is_empty(), "{d:?}");
         assert_eq!(published(&d.events), [(t, reason)]);
     }
@@ -710,8 +414,7 @@ fn the_initial_send_quota_is_non_zero_and_at_most_the_servers_receive_maximum() 
     // With no Receive Maximum from the server and a window of 0 configured: still non-zero.
     let mut config = config("c", true);
     config.max_inflight = 0;
-    let mut sim = Sim::new(config);
-    sim.connect(false);
+    let mut sim = Sim::connected(config, Properties::new());
     for _ in 0..3 {
         sim.publish("q2", Q2);
     }
@@ -794,8 +497,7 @@ fn each_qos_1_2_publish_uses_send_quota_and_at_zero_no_more_go_out() {
         if returns_quota {
             model.open.remove(&id);
         }
-        sim.receive(answer);
-        let d = sim.drain();
+        let d = sim.feed(answer);
         if !returns_quota {
             assert!(
                 publish_ids(&d.packets).is_empty(),
@@ -819,22 +521,10 @@ fn at_zero_send_quota_other_packets_are_still_processed_and_answered() {
     // PINGRESP are handled, and keep-alive PINGREQs still go out, while a QoS 1 publish waits.
     let mut config = config("c", true);
     config.keep_alive = 10;
-    let mut sim = Sim::new(config);
-    sim.connack_properties = Properties::new().with(Property::ReceiveMaximum(1));
-    sim.connect(false);
+    let mut sim = Sim::connected(config, receive_maximum(1));
     let (first, id) = sim.publish_now("uses the quota", Q1);
-    let sub = sim
-        .client
-        .subscribe(
-            sim.now,
-            vec![(filter("s/#"), SubscriptionOptions::qos(Q2))],
-            Properties::new(),
-        )
-        .unwrap();
-    let unsub = sim
-        .client
-        .unsubscribe(sim.now, vec![filter("old")], Properties::new())
-        .unwrap();
+    let sub = sim.subscribe(&[("s/#", Q2)]).unwrap();
+    let unsub = sim.unsubscribe(&["old"]).unwrap();
     let sent = names(&sim.drain().packets);
     let [subscribe, unsubscribe] = &sent[..] else {
         panic!("{sent:?}")
@@ -843,31 +533,21 @@ fn at_zero_send_quota_other_packets_are_still_processed_and_answered() {
     let waiting = sim.publish("waits for quota", Q1);
     assert!(sim.drain().packets.is_empty(), "quota is zero");
 
-    sim.receive_all(&[
+    let d = sim.feed_all(&[
         incoming_on("s/a", Q0, None, false, b"zero"),
         incoming_on("s/a", Q1, Some(21), false, b"one"),
         incoming_on("s/a", Q2, Some(22), false, b"two"),
         pubrel(22),
     ]);
-    let d = sim.drain();
     assert_eq!(names(&d.packets), ["PUBACK 21", "PUBREC 22", "PUBCOMP 22"]);
     assert_eq!(delivered(&d.events), [&b"zero"[..], b"one", b"two"]);
 
     let sub_id: u16 = subscribe["SUBSCRIBE ".len()..].parse().unwrap();
     let unsub_id: u16 = unsubscribe["UNSUBSCRIBE ".len()..].parse().unwrap();
-    sim.receive_all(&[
-        Packet::SubAck(SubAck {
-            packet_id: pid(sub_id),
-            properties: Properties::new(),
-            reasons: vec![SubAckReason::GrantedQoS2],
-        }),
-        Packet::UnsubAck(surgemq_core::codec::UnsubAck {
-            packet_id: pid(unsub_id),
-            properties: Properties::new(),
-            reasons: vec![surgemq_core::codec::UnsubAckReason::Success],
-        }),
+    let d = sim.feed_all(&[
+        suback(sub_id, SubAckReason::GrantedQoS2),
+        unsuback(unsub_id, vec![UnsubAckReason::Success]),
     ]);
-    let d = sim.drain();
     let tokens: Vec<Token> = d
         .events
         .iter()
@@ -881,13 +561,11 @@ fn at_zero_send_quota_other_packets_are_still_processed_and_answered() {
     assert_eq!(tokens, [sub, unsub]);
 
     // Keep alive: nothing sent for 10 s, so PINGREQ; its PINGRESP keeps the connection.
-    sim.now = sim.client.poll_timeout().unwrap();
-    sim.client.handle_input(sim.now, ClientInput::Timeout);
+    sim.advance_to(sim.client.poll_timeout().unwrap());
     assert_eq!(names(&sim.drain().packets), ["PINGREQ"]);
     sim.receive(Packet::PingResp);
     // Past the PINGRESP deadline: the PINGRESP was taken, so no ping timeout (another PINGREQ).
-    sim.now = sim.now + Duration::from_secs(11);
-    sim.client.handle_input(sim.now, ClientInput::Timeout);
+    sim.advance_to(sim.now + Duration::from_secs(11));
     let d = sim.drain();
     assert!(
         !d.events
@@ -897,13 +575,11 @@ fn at_zero_send_quota_other_packets_are_still_processed_and_answered() {
     );
 
     // The quota comes back: the waiting publish goes out.
-    sim.receive(puback(id));
-    let d = sim.drain();
+    let d = sim.feed(puback(id));
     assert_eq!(published(&d.events), [(first, PubAckReason::Success)]);
     assert_eq!(publish_ids(&d.packets).len(), 1, "{d:?}");
-    sim.receive(puback(publish_ids(&d.packets)[0]));
     assert_eq!(
-        published(&sim.drain().events),
+        published(&sim.feed(puback(publish_ids(&d.packets)[0])).events),
         [(waiting, PubAckReason::Success)]
     );
 }
@@ -918,7 +594,7 @@ fn a_resumed_session_resends_no_more_publishes_than_the_new_receive_maximum() {
         sim.publish("q1", Q1);
     }
     assert_eq!(publish_ids(&sim.drain().packets).len(), 4);
-    sim.connack_properties = Properties::new().with(Property::ReceiveMaximum(2));
+    sim.connack_properties = receive_maximum(2);
     let d = sim.reconnect(true);
     let resent = publish_ids(&d.packets);
     assert!(
@@ -946,8 +622,7 @@ fn after_disconnect_the_client_sends_nothing_more_and_closes_the_connection() {
     // MQTT 5.0 [MQTT-3.14.4-2]: after DISCONNECT the network connection is closed.
     let mut config = config("c", false);
     config.keep_alive = 5;
-    let mut sim = Sim::new(config);
-    sim.connect(false);
+    let mut sim = Sim::connected(config, Properties::new());
     sim.publish_now("in flight", Q1);
     sim.publish("written just before", Q2);
     sim.client.disconnect(sim.now);
@@ -956,7 +631,7 @@ fn after_disconnect_the_client_sends_nothing_more_and_closes_the_connection() {
         .iter()
         .enumerate()
         .filter_map(|(i, o)| match o {
-            Out::Sent(b) => Some(decode_all(b).into_iter().map(move |p| (i, p))),
+            Out::Sent(b) => Some(sim.decode(b).into_iter().map(move |p| (i, p))),
             _ => None,
         })
         .flatten()
@@ -985,51 +660,13 @@ fn after_disconnect_the_client_sends_nothing_more_and_closes_the_connection() {
 
     // Nothing brings it back: timeouts over keep-alive and backoff periods, the transport's end,
     // a spurious TransportUp, server packets that would need answers, new commands.
-    let check = |sim: &mut Sim, what: &str| {
-        for out in sim.outputs() {
-            assert!(
-                !matches!(out, Out::Sent(_) | Out::Open),
-                "{what}: {out:?} after DISCONNECT"
-            );
-        }
-    };
-    sim.client.handle_input(sim.now, ClientInput::TransportDown);
-    check(&mut sim, "transport down");
-    for _ in 0..50 {
-        sim.now = match sim.client.poll_timeout() {
-            Some(at) if at > sim.now => at,
-            _ => sim.now + Duration::from_secs(31),
-        };
-        sim.client.handle_input(sim.now, ClientInput::Timeout);
-        check(&mut sim, "timeout");
-    }
-    sim.client.handle_input(sim.now, ClientInput::TransportUp);
-    check(&mut sim, "a spurious TransportUp");
-    sim.receive_all(&[
+    sim.assert_silent_forever(&[
         incoming(Q1, Some(9), false, b"late"),
         incoming(Q2, Some(10), false, b"late"),
         pubrel(11),
         pubrec(2),
         Packet::PingResp,
     ]);
-    check(&mut sim, "packets from the server");
-    let publish = sim.client.publish(
-        sim.now,
-        topic("t"),
-        Bytes::from_static(b"after"),
-        Q1,
-        false,
-        Properties::new(),
-    );
-    assert_eq!(publish, Err(ClientError::Stopped));
-    let subscribe = sim.client.subscribe(
-        sim.now,
-        vec![(filter("t"), SubscriptionOptions::qos(Q0))],
-        Properties::new(),
-    );
-    assert_eq!(subscribe, Err(ClientError::Stopped));
-    sim.client.disconnect(sim.now);
-    check(&mut sim, "commands");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1055,7 +692,7 @@ fn every_received_publish_is_acknowledged_according_to_its_qos() {
             )),
         payload: Bytes::from_static(b"p"),
     });
-    sim.receive_all(&[
+    let d = sim.feed_all(&[
         incoming_on("never/subscribed", Q0, None, false, b"a"),
         incoming_on("never/subscribed", Q1, Some(10), false, b"b"),
         incoming_on("other", Q2, Some(11), false, b"c"),
@@ -1063,7 +700,6 @@ fn every_received_publish_is_acknowledged_according_to_its_qos() {
         incoming_on("other", Q1, Some(12), true, b"d"),
         with_properties,
     ]);
-    let d = sim.drain();
     assert_eq!(
         names(&d.packets),
         [
@@ -1081,26 +717,17 @@ fn every_received_publish_is_acknowledged_according_to_its_qos() {
     );
 }
 
-/// Publishes `n` QoS 2 messages; returns their identifiers in publish order.
-fn publish_q2s(sim: &mut Sim, n: usize) -> Vec<u16> {
-    (0..n).map(|_| sim.publish_now("q2", Q2).1).collect()
-}
-
 #[test]
 fn pubrels_go_out_in_the_order_the_pubrecs_arrived() {
     // MQTT 5.0 [MQTT-4.6.0-4]: PUBRECs out of publish order, one per read and several in one
     // read, with a failed PUBREC among them (no PUBREL for it).
     let mut sim = connected(true);
-    let ids = publish_q2s(&mut sim, 4);
+    let ids = sim.publish_q2s(4);
     let order = [ids[3], ids[0], ids[2], ids[1]];
-    let mut sent = Vec::new();
-    for id in order {
-        sim.receive(pubrec(id));
-        sent.extend(sim.drain().packets);
-    }
-    assert_eq!(names(&sent), order.map(|id| format!("PUBREL {id}")));
+    let sent = sim.feed_each(order.map(pubrec));
+    assert_eq!(names(&sent), pubrels(&order));
 
-    let ids = publish_q2s(&mut sim, 4);
+    let ids = sim.publish_q2s(4);
     sim.receive_all(&[
         pubrec(ids[2]),
         pubrec_with(ids[0], PubAckReason::QuotaExceeded),
@@ -1109,7 +736,7 @@ fn pubrels_go_out_in_the_order_the_pubrecs_arrived() {
     ]);
     assert_eq!(
         names(&sim.drain().packets),
-        [ids[2], ids[3], ids[1]].map(|id| format!("PUBREL {id}"))
+        pubrels(&[ids[2], ids[3], ids[1]])
     );
 }
 
@@ -1117,18 +744,5 @@ fn pubrels_go_out_in_the_order_the_pubrecs_arrived() {
 fn resent_pubrels_keep_the_order_the_pubrecs_arrived() {
     // MQTT 5.0 [MQTT-4.6.0-4]: the rule has no exception for the PUBRELs resent on session
     // resume (5.0 [MQTT-4.4.0-1]).
-    let mut sim = connected(false);
-    let ids = publish_q2s(&mut sim, 3);
-    let order = [ids[2], ids[0], ids[1]];
-    sim.receive_all(&order.map(pubrec));
-    assert_eq!(
-        names(&sim.drain().packets),
-        order.map(|id| format!("PUBREL {id}"))
-    );
-    let resent = sim.reconnect(true).packets;
-    assert_eq!(
-        names(&resent),
-        order.map(|id| format!("PUBREL {id}")),
-        "published {ids:?}, PUBRECs arrived {order:?}"
-    );
+    connected(false).assert_resent_pubrels_keep_pubrec_order();
 }

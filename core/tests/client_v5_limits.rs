@@ -3,132 +3,52 @@
 //! Maximum it sent itself, and refuses configurations it could not connect with.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
-use bytes::{Bytes, BytesMut};
+#[path = "support/scripted.rs"]
+mod scripted;
+
+use bytes::Bytes;
+use scripted::{Drained, Sim, messages, puback};
 use surgemq_core::client::{
-    Client, ClientConfig, ClientError, ClientEvent, ClientInput, ClientOutput, ClientProtocolError,
-    ConfigError,
+    Client, ClientConfig, ClientError, ClientEvent, ClientInput, ClientProtocolError, ConfigError,
+    Token,
 };
-use surgemq_core::codec::{
-    ConnAck, ConnectReason, MAX_PACKET_SIZE, Packet, Properties, Property, ProtocolVersion, PubAck,
-    Publish, QoS, SubscriptionOptions,
-};
+use surgemq_core::codec::{Packet, Properties, Property, ProtocolVersion, Publish, QoS};
 use surgemq_core::string::MqttString;
 use surgemq_core::time::Instant;
-use surgemq_core::topic::{TopicFilter, TopicName};
+use surgemq_core::topic::TopicName;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
-/// What one drain of the client produced; `sizes` are the encoded sizes of `packets`.
-#[derive(Debug, Default)]
-struct Drained {
-    packets: Vec<Packet>,
-    sizes: Vec<usize>,
-    events: Vec<ClientEvent>,
-    closed: bool,
-    opened: bool,
-}
-
-fn drain(client: &mut Client) -> Drained {
-    let mut d = Drained::default();
-    while let Some(output) = client.poll_output() {
-        match output {
-            ClientOutput::OpenTransport => d.opened = true,
-            ClientOutput::Transmit(bytes) => {
-                let mut buf = BytesMut::from(&bytes[..]);
-                loop {
-                    let before = buf.len();
-                    let Some(p) =
-                        surgemq_core::codec::decode_buf(&mut buf, V5, MAX_PACKET_SIZE).unwrap()
-                    else {
-                        break;
-                    };
-                    d.sizes.push(before - buf.len());
-                    d.packets.push(p);
-                }
-                assert!(buf.is_empty(), "a partial packet was transmitted");
-            }
-            ClientOutput::CloseTransport => d.closed = true,
-            ClientOutput::Event(e) => d.events.push(e),
-            ClientOutput::Store { .. } => {}
-        }
-    }
-    d
-}
-
-fn receive(client: &mut Client, now: Instant, packet: Packet) {
-    let mut buf = BytesMut::new();
-    packet.encode(V5, &mut buf).unwrap();
-    client.handle_input(now, ClientInput::Received(buf.freeze()));
-}
-
 fn config(id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new(MqttString::new(id).unwrap());
-    c.version = V5;
-    c
-}
-
-fn topic(s: &str) -> TopicName {
-    TopicName::new(MqttString::new(s).unwrap()).unwrap()
+    scripted::config(V5, id, true)
 }
 
 /// A 5.0 client whose transport is up and whose CONNECT was sent (drained).
-fn connecting(config: ClientConfig) -> Client {
-    let mut client = Client::new(config, Instant::ZERO).unwrap();
-    assert!(drain(&mut client).opened);
-    client.handle_input(Instant::ZERO, ClientInput::TransportUp);
-    let d = drain(&mut client);
-    assert!(matches!(d.packets.as_slice(), [Packet::Connect(_)]));
-    client
+fn connecting(config: ClientConfig) -> Sim {
+    let mut sim = Sim::new(config);
+    sim.open();
+    sim
 }
 
-fn connack(client: &mut Client, properties: Properties) -> Drained {
-    receive(
-        client,
-        Instant::ZERO,
-        Packet::ConnAck(ConnAck {
-            session_present: false,
-            reason: ConnectReason::Success,
-            properties,
-        }),
-    );
-    drain(client)
+/// The server answers the CONNECT with CONNACK Success and `properties`, no session present.
+fn connack(sim: &mut Sim, properties: Properties) -> Drained {
+    sim.connack_with(false, properties)
 }
 
 fn publish(
-    client: &mut Client,
+    sim: &mut Sim,
     t: &str,
     size: usize,
     qos: QoS,
     retain: bool,
     properties: Properties,
-) -> Result<surgemq_core::client::Token, ClientError> {
-    client.publish(
-        Instant::ZERO,
-        topic(t),
-        Bytes::from(vec![b'x'; size]),
-        qos,
-        retain,
-        properties,
-    )
+) -> Result<Token, ClientError> {
+    sim.try_publish(t, Bytes::from(vec![b'x'; size]), qos, retain, properties)
 }
 
 /// A publish to `t`, not retained, without properties.
-fn plain(
-    client: &mut Client,
-    qos: QoS,
-    size: usize,
-) -> Result<surgemq_core::client::Token, ClientError> {
-    publish(client, "t", size, qos, false, Properties::new())
-}
-
-fn publishes(d: &Drained) -> Vec<&Publish> {
-    d.packets
-        .iter()
-        .filter_map(|p| match p {
-            Packet::Publish(p) => Some(p),
-            _ => None,
-        })
-        .collect()
+fn plain(sim: &mut Sim, qos: QoS, size: usize) -> Result<Token, ClientError> {
+    publish(sim, "t", size, qos, false, Properties::new())
 }
 
 fn incoming(t: &str, alias: Option<u16>) -> Packet {
@@ -143,7 +63,7 @@ fn incoming(t: &str, alias: Option<u16>) -> Packet {
         topic: if t.is_empty() {
             TopicName::alias_only()
         } else {
-            topic(t)
+            scripted::topic(t)
         },
         packet_id: None,
         properties,
@@ -152,12 +72,9 @@ fn incoming(t: &str, alias: Option<u16>) -> Packet {
 }
 
 fn message_topics(d: &Drained) -> Vec<String> {
-    d.events
+    messages(&d.events)
         .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Message(m) => Some(m.publish.topic.as_str().to_owned()),
-            _ => None,
-        })
+        .map(|p| p.topic.as_str().to_owned())
         .collect()
 }
 
@@ -169,6 +86,12 @@ fn failed(d: &Drained) -> Vec<ClientError> {
             _ => None,
         })
         .collect()
+}
+
+/// The client reconnects after its backoff, at a minute: timer, transport up, CONNECT sent.
+fn reopen_a_minute_later(sim: &mut Sim) {
+    sim.advance_to(Instant::from_millis(60_000));
+    sim.open();
 }
 
 /// MQTT 3.1.1 [MQTT-3.1.3-7]: an empty client identifier only with a clean session; MQTT 3.1:
@@ -200,14 +123,14 @@ fn configurations_that_cannot_connect_are_refused_before_anything_is_sent() {
 /// dropped unsent (Failed) when it was queued before the CONNACK said so.
 #[test]
 fn publishes_above_the_servers_maximum_qos_are_never_sent() {
-    let mut client = connecting(config("q"));
-    let queued_qos2 = plain(&mut client, QoS::ExactlyOnce, 1);
-    let queued_qos1 = plain(&mut client, QoS::AtLeastOnce, 1);
+    let mut sim = connecting(config("q"));
+    let queued_qos2 = plain(&mut sim, QoS::ExactlyOnce, 1);
+    let queued_qos1 = plain(&mut sim, QoS::AtLeastOnce, 1);
     let d = connack(
-        &mut client,
+        &mut sim,
         Properties::from_vec(vec![Property::MaximumQoS(1)]),
     );
-    let sent = publishes(&d);
+    let sent = d.publishes();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].qos, QoS::AtLeastOnce);
     assert_eq!(
@@ -221,12 +144,13 @@ fn publishes_above_the_servers_maximum_qos_are_never_sent() {
     assert!(queued_qos1.is_ok());
 
     assert_eq!(
-        plain(&mut client, QoS::ExactlyOnce, 1),
+        plain(&mut sim, QoS::ExactlyOnce, 1),
         Err(ClientError::QosNotSupported(QoS::AtLeastOnce))
     );
-    plain(&mut client, QoS::AtMostOnce, 1).unwrap();
+    plain(&mut sim, QoS::AtMostOnce, 1).unwrap();
     assert!(
-        publishes(&drain(&mut client))
+        sim.drain()
+            .publishes()
             .iter()
             .all(|p| p.qos <= QoS::AtLeastOnce)
     );
@@ -235,80 +159,61 @@ fn publishes_above_the_servers_maximum_qos_are_never_sent() {
 /// MQTT 5.0 [MQTT-3.2.2-14]: Retain Available 0 — no PUBLISH with RETAIN 1.
 #[test]
 fn retained_publishes_are_never_sent_to_a_server_without_retain() {
-    let mut client = connecting(config("r"));
-    publish(
-        &mut client,
-        "t",
-        1,
-        QoS::AtMostOnce,
-        true,
-        Properties::new(),
-    )
-    .unwrap();
+    let mut sim = connecting(config("r"));
+    publish(&mut sim, "t", 1, QoS::AtMostOnce, true, Properties::new()).unwrap();
     let d = connack(
-        &mut client,
+        &mut sim,
         Properties::from_vec(vec![Property::RetainAvailable(0)]),
     );
-    assert!(publishes(&d).is_empty());
+    assert!(d.publishes().is_empty());
     assert_eq!(failed(&d), vec![ClientError::RetainNotSupported]);
     assert_eq!(
-        publish(
-            &mut client,
-            "t",
-            1,
-            QoS::AtLeastOnce,
-            true,
-            Properties::new()
-        ),
+        publish(&mut sim, "t", 1, QoS::AtLeastOnce, true, Properties::new()),
         Err(ClientError::RetainNotSupported)
     );
-    plain(&mut client, QoS::AtLeastOnce, 1).unwrap();
-    let sent = drain(&mut client);
-    assert_eq!(publishes(&sent).len(), 1);
-    assert!(publishes(&sent).iter().all(|p| !p.retain));
+    plain(&mut sim, QoS::AtLeastOnce, 1).unwrap();
+    let sent = sim.drain();
+    assert_eq!(sent.publishes().len(), 1);
+    assert!(sent.publishes().iter().all(|p| !p.retain));
 }
 
 /// MQTT 5.0 [MQTT-3.2.2-15]: no packet larger than the server's Maximum Packet Size.
 #[test]
 fn packets_larger_than_the_servers_maximum_are_never_sent() {
-    let mut client = connecting(config("m"));
-    plain(&mut client, QoS::AtLeastOnce, 500).unwrap();
-    plain(&mut client, QoS::AtLeastOnce, 10).unwrap();
+    let mut sim = connecting(config("m"));
+    plain(&mut sim, QoS::AtLeastOnce, 500).unwrap();
+    plain(&mut sim, QoS::AtLeastOnce, 10).unwrap();
     let d = connack(
-        &mut client,
+        &mut sim,
         Properties::from_vec(vec![Property::MaximumPacketSize(64)]),
     );
     assert!(matches!(
         failed(&d).as_slice(),
         [ClientError::PacketTooLarge { max: 64, size }] if *size > 500
     ));
-    assert_eq!(publishes(&d).len(), 1);
+    assert_eq!(d.publishes().len(), 1);
     assert!(d.sizes.iter().all(|&s| s <= 64), "sizes {:?}", d.sizes);
 
     // While connected: refused at once, for every packet kind that can grow.
     assert!(matches!(
-        plain(&mut client, QoS::AtMostOnce, 100),
+        plain(&mut sim, QoS::AtMostOnce, 100),
         Err(ClientError::PacketTooLarge { max: 64, .. })
     ));
-    let long = TopicFilter::new(MqttString::new(&"f".repeat(80)).unwrap()).unwrap();
+    let long = "f".repeat(80);
     assert!(matches!(
-        client.subscribe(
-            Instant::ZERO,
-            vec![(long.clone(), SubscriptionOptions::qos(QoS::AtMostOnce))],
-            Properties::new()
-        ),
+        sim.subscribe(&[(&long, QoS::AtMostOnce)]),
         Err(ClientError::PacketTooLarge { max: 64, .. })
     ));
     assert!(matches!(
-        client.unsubscribe(Instant::ZERO, vec![long], Properties::new()),
+        sim.unsubscribe(&[&long]),
         Err(ClientError::PacketTooLarge { max: 64, .. })
     ));
     // The largest publish that fits goes.
     let mut size = 0;
-    while plain(&mut client, QoS::AtMostOnce, size + 1).is_ok() {
+    while plain(&mut sim, QoS::AtMostOnce, size + 1).is_ok() {
         size += 1;
     }
-    let d = drain(&mut client);
+    let d = sim.drain();
     assert_eq!(d.sizes.iter().max(), Some(&64));
 }
 
@@ -320,11 +225,11 @@ fn topic_aliases_go_out_only_within_the_servers_maximum() {
     let alias = |n| Properties::from_vec(vec![Property::TopicAlias(n)]);
 
     // No Topic Alias Maximum from the server: no alias at all.
-    let mut client = connecting(config("a"));
-    connack(&mut client, Properties::new());
-    publish(&mut client, "x/y", 1, QoS::AtMostOnce, false, alias(1)).unwrap();
-    let d = drain(&mut client);
-    let sent = publishes(&d);
+    let mut sim = connecting(config("a"));
+    connack(&mut sim, Properties::new());
+    publish(&mut sim, "x/y", 1, QoS::AtMostOnce, false, alias(1)).unwrap();
+    let d = sim.drain();
+    let sent = d.publishes();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].topic.as_str(), "x/y");
     assert_eq!(sent[0].properties.topic_alias(), None);
@@ -332,15 +237,15 @@ fn topic_aliases_go_out_only_within_the_servers_maximum() {
     // A maximum of 5: alias 5 goes, alias 6 does not.
     let mut c = config("b");
     c.clean_start = false;
-    let mut client = connecting(c);
+    let mut sim = connecting(c);
     connack(
-        &mut client,
+        &mut sim,
         Properties::from_vec(vec![Property::TopicAliasMaximum(5)]),
     );
-    publish(&mut client, "x/y", 1, QoS::AtLeastOnce, false, alias(5)).unwrap();
-    publish(&mut client, "x/z", 1, QoS::AtMostOnce, false, alias(6)).unwrap();
-    let d = drain(&mut client);
-    let sent = publishes(&d);
+    publish(&mut sim, "x/y", 1, QoS::AtLeastOnce, false, alias(5)).unwrap();
+    publish(&mut sim, "x/z", 1, QoS::AtMostOnce, false, alias(6)).unwrap();
+    let d = sim.drain();
+    let sent = d.publishes();
     assert_eq!(sent[0].properties.topic_alias(), Some(5));
     assert_eq!(sent[0].topic.as_str(), "x/y");
     assert_eq!(sent[1].properties.topic_alias(), None);
@@ -348,24 +253,11 @@ fn topic_aliases_go_out_only_within_the_servers_maximum() {
 
     // Reconnect to a server that takes no aliases: the unacknowledged publish is resent with
     // its topic name and without the alias.
-    client.handle_input(Instant::ZERO, ClientInput::TransportDown);
-    drain(&mut client);
-    let later = Instant::from_millis(60_000);
-    client.handle_input(later, ClientInput::Timeout);
-    assert!(drain(&mut client).opened);
-    client.handle_input(later, ClientInput::TransportUp);
-    drain(&mut client);
-    receive(
-        &mut client,
-        later,
-        Packet::ConnAck(ConnAck {
-            session_present: true,
-            reason: ConnectReason::Success,
-            properties: Properties::new(),
-        }),
-    );
-    let d = drain(&mut client);
-    let resent = publishes(&d);
+    sim.client.handle_input(sim.now, ClientInput::TransportDown);
+    sim.drain();
+    reopen_a_minute_later(&mut sim);
+    let d = sim.connack_with(true, Properties::new());
+    let resent = d.publishes();
     assert_eq!(resent.len(), 1);
     assert!(resent[0].dup);
     assert_eq!(resent[0].topic.as_str(), "x/y");
@@ -376,16 +268,16 @@ fn topic_aliases_go_out_only_within_the_servers_maximum() {
 /// (say, of a received message being forwarded with its properties).
 #[test]
 fn subscription_identifiers_are_left_out_of_publishes() {
-    let mut client = connecting(config("s"));
-    connack(&mut client, Properties::new());
+    let mut sim = connecting(config("s"));
+    connack(&mut sim, Properties::new());
     let properties = Properties::from_vec(vec![
         Property::SubscriptionIdentifier(7),
         Property::UserProperty(MqttString::new("k").unwrap(), MqttString::new("v").unwrap()),
         Property::SubscriptionIdentifier(9),
     ]);
-    publish(&mut client, "t", 1, QoS::AtLeastOnce, false, properties).unwrap();
-    let d = drain(&mut client);
-    let sent = publishes(&d);
+    publish(&mut sim, "t", 1, QoS::AtLeastOnce, false, properties).unwrap();
+    let d = sim.drain();
+    let sent = d.publishes();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].properties.subscription_identifiers().count(), 0);
     assert_eq!(sent[0].properties.user_properties().count(), 1);
@@ -398,20 +290,15 @@ fn subscription_identifiers_are_left_out_of_publishes() {
 fn incoming_topic_aliases_resolve_within_our_maximum_and_die_with_the_connection() {
     let mut c = config("in");
     c.connect_properties = Properties::from_vec(vec![Property::TopicAliasMaximum(3)]);
-    let mut client = connecting(c);
-    connack(&mut client, Properties::new());
+    let mut sim = connecting(c);
+    connack(&mut sim, Properties::new());
     for alias in 1..=3u16 {
-        receive(
-            &mut client,
-            Instant::ZERO,
-            incoming(&format!("t/{alias}"), Some(alias)),
-        );
+        sim.receive(incoming(&format!("t/{alias}"), Some(alias)));
     }
-    receive(&mut client, Instant::ZERO, incoming("", Some(2)));
-    receive(&mut client, Instant::ZERO, incoming("t/new", Some(2)));
-    receive(&mut client, Instant::ZERO, incoming("", Some(2)));
-    receive(&mut client, Instant::ZERO, incoming("", Some(1)));
-    let d = drain(&mut client);
+    sim.receive(incoming("", Some(2)));
+    sim.receive(incoming("t/new", Some(2)));
+    sim.receive(incoming("", Some(2)));
+    let d = sim.feed(incoming("", Some(1)));
     assert_eq!(
         message_topics(&d),
         ["t/1", "t/2", "t/3", "t/2", "t/new", "t/new", "t/1"]
@@ -419,8 +306,7 @@ fn incoming_topic_aliases_resolve_within_our_maximum_and_die_with_the_connection
     assert!(!d.closed);
 
     // Above our maximum.
-    receive(&mut client, Instant::ZERO, incoming("t/4", Some(4)));
-    let d = drain(&mut client);
+    let d = sim.feed(incoming("t/4", Some(4)));
     assert!(message_topics(&d).is_empty());
     assert!(d.closed);
     assert!(d.events.contains(&ClientEvent::ProtocolError(
@@ -428,14 +314,9 @@ fn incoming_topic_aliases_resolve_within_our_maximum_and_die_with_the_connection
     )));
 
     // A new connection starts with no aliases.
-    let later = Instant::from_millis(60_000);
-    client.handle_input(later, ClientInput::Timeout);
-    assert!(drain(&mut client).opened);
-    client.handle_input(later, ClientInput::TransportUp);
-    drain(&mut client);
-    connack(&mut client, Properties::new());
-    receive(&mut client, later, incoming("", Some(1)));
-    let d = drain(&mut client);
+    reopen_a_minute_later(&mut sim);
+    connack(&mut sim, Properties::new());
+    let d = sim.feed(incoming("", Some(1)));
     assert!(message_topics(&d).is_empty());
     assert!(d.closed);
     assert!(d.events.contains(&ClientEvent::ProtocolError(
@@ -446,10 +327,9 @@ fn incoming_topic_aliases_resolve_within_our_maximum_and_die_with_the_connection
 /// Without a Topic Alias Maximum in our CONNECT (0), any alias is a protocol error.
 #[test]
 fn an_alias_we_never_allowed_closes_the_connection() {
-    let mut client = connecting(config("none"));
-    connack(&mut client, Properties::new());
-    receive(&mut client, Instant::ZERO, incoming("t", Some(1)));
-    let d = drain(&mut client);
+    let mut sim = connecting(config("none"));
+    connack(&mut sim, Properties::new());
+    let d = sim.feed(incoming("t", Some(1)));
     assert!(message_topics(&d).is_empty());
     assert!(d.closed);
 }
@@ -458,25 +338,16 @@ fn an_alias_we_never_allowed_closes_the_connection() {
 /// SUBSCRIBE or UNSUBSCRIBE queued behind further publishes.
 #[test]
 fn a_full_window_does_not_delay_subscribe_or_unsubscribe() {
-    let mut client = connecting(config("w"));
+    let mut sim = connecting(config("w"));
     connack(
-        &mut client,
+        &mut sim,
         Properties::from_vec(vec![Property::ReceiveMaximum(1)]),
     );
-    plain(&mut client, QoS::AtLeastOnce, 1).unwrap();
-    plain(&mut client, QoS::AtLeastOnce, 2).unwrap();
-    let f = TopicFilter::new(MqttString::new("s/#").unwrap()).unwrap();
-    client
-        .subscribe(
-            Instant::ZERO,
-            vec![(f.clone(), SubscriptionOptions::qos(QoS::AtLeastOnce))],
-            Properties::new(),
-        )
-        .unwrap();
-    client
-        .unsubscribe(Instant::ZERO, vec![f], Properties::new())
-        .unwrap();
-    let d = drain(&mut client);
+    plain(&mut sim, QoS::AtLeastOnce, 1).unwrap();
+    plain(&mut sim, QoS::AtLeastOnce, 2).unwrap();
+    sim.subscribe(&[("s/#", QoS::AtLeastOnce)]).unwrap();
+    sim.unsubscribe(&["s/#"]).unwrap();
+    let d = sim.drain();
     let kinds: Vec<&str> = d
         .packets
         .iter()
@@ -490,14 +361,9 @@ fn a_full_window_does_not_delay_subscribe_or_unsubscribe() {
     assert_eq!(kinds, ["PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE"]);
 
     // The second publish goes once the first is acknowledged.
-    let first = publishes(&d)[0].packet_id.unwrap();
-    receive(
-        &mut client,
-        Instant::ZERO,
-        Packet::PubAck(PubAck::success(first)),
-    );
-    let d = drain(&mut client);
-    let sent = publishes(&d);
+    let first = d.publishes()[0].packet_id.unwrap();
+    let d = sim.feed(puback(first.get()));
+    let sent = d.publishes();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].payload.len(), 2);
 }
@@ -508,13 +374,13 @@ fn a_full_window_does_not_delay_subscribe_or_unsubscribe() {
 fn the_servers_keep_alive_replaces_ours() {
     let mut c = config("k");
     c.keep_alive = 60;
-    let mut client = connecting(c);
+    let mut sim = connecting(c);
     connack(
-        &mut client,
+        &mut sim,
         Properties::from_vec(vec![Property::ServerKeepAlive(5)]),
     );
-    assert_eq!(client.poll_timeout(), Some(Instant::from_millis(5_000)));
-    client.handle_input(Instant::from_millis(5_000), ClientInput::Timeout);
-    let d = drain(&mut client);
+    assert_eq!(sim.client.poll_timeout(), Some(Instant::from_millis(5_000)));
+    sim.advance_to(Instant::from_millis(5_000));
+    let d = sim.drain();
     assert!(matches!(d.packets.as_slice(), [Packet::PingReq]));
 }

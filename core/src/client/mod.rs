@@ -44,6 +44,10 @@
 //! not know is. [`Persistence::Periodic`] emits the same operations without waiting.
 //! Clean sessions and QoS 0 messages are never stored.
 //!
+//! The store keeps no record of the order PUBRECs arrived in: after a restart, PUBRELs are
+//! resent in publish order (on a reconnect without a restart they keep PUBREC order, 3.1.1
+//! [MQTT-4.6.0-4]).
+//!
 //! With manual acknowledgements a QoS 2 message reaches the application before its identifier
 //! is stored: that happens at [`Client::ack`]. A crash between the two makes the server send the
 //! message again after the restart (with DUP set), and it is delivered again. (The async clients,
