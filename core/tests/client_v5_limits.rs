@@ -384,3 +384,38 @@ fn the_servers_keep_alive_replaces_ours() {
     let d = sim.drain();
     assert!(matches!(d.packets.as_slice(), [Packet::PingReq]));
 }
+
+/// MQTT 5.0 [MQTT-3.1.2-30]: with an Authentication Method in CONNECT, nothing but AUTH or
+/// DISCONNECT before the CONNACK — commands made meanwhile wait for it, and the keep alive sends
+/// no PINGREQ.
+#[test]
+fn with_an_authentication_method_nothing_is_sent_before_the_connack() {
+    let mut c = config("auth");
+    c.keep_alive = 1;
+    c.connect_properties = Properties::from_vec(vec![Property::AuthenticationMethod(
+        MqttString::new("SCRAM-SHA-1").unwrap(),
+    )]);
+    let mut sim = connecting(c);
+    plain(&mut sim, QoS::AtLeastOnce, 1).unwrap();
+    plain(&mut sim, QoS::AtMostOnce, 1).unwrap();
+    sim.subscribe(&[("a/#", QoS::AtLeastOnce)]).unwrap();
+    sim.unsubscribe(&["b"]).unwrap();
+    sim.advance_to(Instant::from_millis(5_000));
+    let before = sim.drain();
+    assert!(before.packets.is_empty(), "{:?}", before.packets);
+
+    let after = connack(&mut sim, Properties::new());
+    assert_eq!(after.publishes().len(), 2);
+    assert!(
+        after
+            .packets
+            .iter()
+            .any(|p| matches!(p, Packet::Subscribe(_)))
+    );
+    assert!(
+        after
+            .packets
+            .iter()
+            .any(|p| matches!(p, Packet::Unsubscribe(_)))
+    );
+}
