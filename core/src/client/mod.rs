@@ -1236,9 +1236,8 @@ impl Client {
         if let Some(max) = limits.max_packet_size {
             let size = match request {
                 // With an identifier (the placeholder's size is that of any other).
-                Request::Publish(p) => {
-                    Packet::Publish(self.outgoing(p, false)).encoded_len(self.config.version)
-                }
+                Request::Publish(p) => Packet::Publish(self.outgoing(p.clone(), false))
+                    .encoded_len(self.config.version),
                 Request::Subscribe(filters, properties) => Packet::Subscribe(Subscribe {
                     packet_id: PacketId::MIN,
                     properties: properties.clone(),
@@ -1264,8 +1263,7 @@ impl Client {
     /// a Topic Alias only within the server's Topic Alias Maximum (5.0 [MQTT-3.2.2-17],
     /// [MQTT-3.2.2-18], [MQTT-3.3.2-9]). The topic name always goes too, so no alias needs to
     /// outlive the connection (5.0 [MQTT-3.3.2-7]).
-    fn outgoing(&self, publish: &Publish, resend: bool) -> Publish {
-        let mut p = publish.clone();
+    fn outgoing(&self, mut p: Publish, resend: bool) -> Publish {
         p.dup = resend && p.qos != QoS::AtMostOnce;
         if p.properties
             .topic_alias()
@@ -1298,7 +1296,7 @@ impl Client {
         }
         match request {
             Request::Publish(publish) if publish.qos == QoS::AtMostOnce => {
-                let publish = self.outgoing(&publish, false);
+                let publish = self.outgoing(publish, false);
                 self.send(&Packet::Publish(publish));
                 self.completion(ClientEvent::Published {
                     token,
@@ -1333,7 +1331,9 @@ impl Client {
             (Request::Publish(_), Stage::AwaitingComp) => {
                 Packet::PubRel(PubRel::success(pending.id))
             }
-            (Request::Publish(p), Stage::AwaitingAck) => Packet::Publish(self.outgoing(p, resend)),
+            (Request::Publish(p), Stage::AwaitingAck) => {
+                Packet::Publish(self.outgoing(p.clone(), resend))
+            }
             (Request::Subscribe(filters, properties), _) => Packet::Subscribe(Subscribe {
                 packet_id: pending.id,
                 properties: properties.clone(),
