@@ -227,11 +227,16 @@ fn durable_pubrel_waits_for_the_pubrec_state() {
         d.packets.is_empty(),
         "PUBREL before its state was committed"
     );
+    // The delivery moves to a later number (PUBRELs after a restart follow PUBREC order,
+    // 3.1.1 [MQTT-4.6.0-4]), in one group: never lost in between.
     assert!(matches!(
         d.ops.as_slice(),
-        [(_, StoreOp::PutDelivery(x))] if x.state == DeliveryState::AwaitingComp(pid(1))
+        [
+            (_, StoreOp::DeleteDelivery { seq: old, .. }),
+            (_, StoreOp::PutDelivery(x)),
+        ] if x.state == DeliveryState::AwaitingComp(pid(1)) && x.seq > *old && x.message == *old
     ));
-    done(&mut client, now, d.ops[0].0);
+    done(&mut client, now, d.ops[1].0);
     let d = drain(&mut client, now);
     assert!(matches!(d.packets.as_slice(), [Packet::PubRel(r)] if r.packet_id == pid(1)));
 }
@@ -460,7 +465,53 @@ fn restart_resumes_the_session_from_the_store() {
             _ => None,
         })
         .collect();
-    assert_eq!(completed, vec![restored[0], restored[2]]);
+    // "c", past PUBREC, is restored after "d": where its PUBREC came.
+    assert_eq!(completed, vec![restored[0], restored[3]]);
+}
+
+/// 3.1.1 [MQTT-4.6.0-4]: after a restart from the store too, PUBRELs are resent in the order
+/// the PUBRECs arrived, not in publish order.
+#[test]
+fn pubrels_restored_from_the_store_keep_pubrec_order() {
+    let now = Instant::ZERO;
+    let mut disk = MemoryStore::new();
+    let config = persistent("c", Persistence::Durable);
+    let mut client = Client::new(config.clone(), now).unwrap();
+    drain(&mut client, now);
+    connack(&mut client, now, true);
+    for payload in ["a", "b", "c"] {
+        publish(&mut client, now, payload, QoS::ExactlyOnce);
+    }
+    let d = drain(&mut client, now);
+    apply(&mut disk, &d.ops);
+    done(&mut client, now, d.ops.last().unwrap().0);
+    let ids: Vec<PacketId> = publish_ids(&drain(&mut client, now).packets)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let order = [ids[2], ids[0], ids[1]];
+    for id in order {
+        receive(&mut client, now, Packet::PubRec(PubAck::success(id)));
+    }
+    let d = drain(&mut client, now);
+    apply(&mut disk, &d.ops);
+
+    // The process dies. A new one restores from the disk and resends the PUBRELs.
+    let mut client = Client::new(config, now).unwrap();
+    let report = client.restore(disk.snapshot()).unwrap();
+    assert_eq!(report.in_flight, 3, "{report}");
+    drain(&mut client, now);
+    connack(&mut client, now, true);
+    let pubrels: Vec<PacketId> = drain(&mut client, now)
+        .packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::PubRel(r) => Some(r.packet_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pubrels, order);
 }
 
 #[test]

@@ -44,10 +44,6 @@
 //! not know is. [`Persistence::Periodic`] emits the same operations without waiting.
 //! Clean sessions and QoS 0 messages are never stored.
 //!
-//! The store keeps no record of the order PUBRECs arrived in: after a restart, PUBRELs are
-//! resent in publish order (on a reconnect without a restart they keep PUBREC order, 3.1.1
-//! [MQTT-4.6.0-4]).
-//!
 //! With manual acknowledgements a QoS 2 message reaches the application before its identifier
 //! is stored: that happens at [`Client::ack`]. A crash between the two makes the server send the
 //! message again after the restart (with DUP set), and it is delivered again. (The async clients,
@@ -320,14 +316,23 @@ enum Stage {
     AwaitingComp,
 }
 
+/// Where a stored publish is in the store: its delivery (whose number orders the resends
+/// after a restart) and its message. Both start as the same number; the delivery gets a new,
+/// later one when the PUBREC arrives, so that PUBRELs are resent in PUBREC order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    delivery: u64,
+    message: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Pending {
     token: Token,
     id: PacketId,
     request: Request,
     stage: Stage,
-    /// The publish's number in the store (message and delivery), when it is stored.
-    record: Option<u64>,
+    /// The publish's records in the store, when it is stored.
+    record: Option<Record>,
     /// Transmitted on the current connection. A resumed session resends a PUBLISH only
     /// within the server's Receive Maximum; the rest wait for room, in order.
     sent: bool,
@@ -374,7 +379,7 @@ struct Queued {
     token: Token,
     request: Request,
     /// As [`Pending::record`].
-    record: Option<u64>,
+    record: Option<Record>,
 }
 
 /// Why [`Client::restore`] refused.
@@ -405,7 +410,9 @@ impl std::error::Error for RestoreError {}
 /// What [`Client::restore`] read back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientRestore {
-    /// The restored publishes, oldest first, with the tokens their completion will carry.
+    /// The restored publishes, with the tokens their completion will carry: in publish order,
+    /// except that one past PUBREC comes where its PUBREC arrived (its PUBREL is resent in
+    /// that order, 3.1.1 [MQTT-4.6.0-4]).
     pub publishes: Vec<(Token, TopicName, QoS)>,
     /// Of them, those in flight when the store was last written (resent with DUP).
     pub in_flight: usize,
@@ -665,7 +672,10 @@ impl Client {
                 report.ignored += 1;
                 continue;
             };
-            self.next_record = self.next_record.max(delivery.seq.saturating_add(1));
+            self.next_record = self
+                .next_record
+                .max(delivery.seq.saturating_add(1))
+                .max(delivery.message.saturating_add(1));
             let stage = match delivery.state {
                 DeliveryState::Queued => None,
                 DeliveryState::AwaitingAck(id) => Some((id, Stage::AwaitingAck)),
@@ -683,7 +693,10 @@ impl Client {
             let (topic, qos) = (publish.topic.clone(), publish.qos);
             let token = Token(self.next_token);
             let request = Request::Publish(publish);
-            let record = Some(delivery.seq);
+            let record = Some(Record {
+                delivery: delivery.seq,
+                message: delivery.message,
+            });
             let placed = match stage {
                 Some((id, stage)) => self
                     .inflight
@@ -982,13 +995,13 @@ impl Client {
     }
 
     /// A publish is complete: its records go.
-    fn forget_record(&mut self, record: Option<u64>) {
+    fn forget_record(&mut self, record: Option<Record>) {
         if let Some(record) = record {
             self.store(StoreOp::DeleteDelivery {
                 client_id: self.store_key.clone(),
-                seq: record,
+                seq: record.delivery,
             });
-            self.store(StoreOp::DeleteMessage { id: record });
+            self.store(StoreOp::DeleteMessage { id: record.message });
         }
     }
 
@@ -1143,7 +1156,10 @@ impl Client {
         }
         let ops = match &request {
             Request::Publish(p) if self.persist && p.qos != QoS::AtMostOnce => {
-                let record = self.next_record;
+                let record = Record {
+                    delivery: self.next_record,
+                    message: self.next_record,
+                };
                 let delivery = stored_delivery(&self.store_key, record, p, DeliveryState::Queued);
                 Some((record, stored_message(p), delivery))
             }
@@ -1161,7 +1177,7 @@ impl Client {
         if let Some((record, message, delivery)) = ops {
             self.next_record += 1;
             self.store(StoreOp::PutMessage {
-                id: record,
+                id: record.message,
                 message,
             });
             self.store(StoreOp::PutDelivery(delivery));
@@ -1279,7 +1295,7 @@ impl Client {
     }
 
     /// Drops a command the connected server cannot take, before it is sent.
-    fn fail(&mut self, token: Token, record: Option<u64>, error: ClientError) {
+    fn fail(&mut self, token: Token, record: Option<Record>, error: ClientError) {
         self.forget_record(record);
         self.completion(ClientEvent::Failed { token, error });
     }
@@ -1763,18 +1779,33 @@ impl Client {
             }
             return;
         }
-        let mut stored = None;
+        let mut moved = None;
         let at = self.inflight.iter().position(|p| p.id == id && qos2(p));
         if let Some(mut p) = at.and_then(|at| self.inflight.remove(at)) {
             p.stage = Stage::AwaitingComp;
-            stored = p.stored(&self.store_key).map(|(_, delivery)| delivery);
+            if let Some(old) = p.record {
+                // A later delivery number: after a restart too, PUBRELs go in PUBREC order.
+                p.record = Some(Record {
+                    delivery: self.next_record,
+                    message: old.message,
+                });
+                self.next_record += 1;
+                moved = p
+                    .stored(&self.store_key)
+                    .map(|(_, delivery)| (old.delivery, delivery));
+            }
             // 3.1.1 [MQTT-4.6.0-4]: PUBRELs, resent ones too, go in the order the PUBRECs
             // came; resends follow the in-flight order. (It was just removed: there is room.)
             let _ = self.inflight.push_back(p);
         }
-        if let Some(delivery) = stored {
-            // The PUBREL below waits for this in durable mode: a restart resends PUBREL,
-            // never the PUBLISH (which the server would take for a new message).
+        if let Some((old, delivery)) = moved {
+            // The PUBREL below waits for these in durable mode: a restart resends PUBREL, never
+            // the PUBLISH (which the server would take for a new message). One input's
+            // operations commit together: the delivery is never lost in between.
+            self.store(StoreOp::DeleteDelivery {
+                client_id: self.store_key.clone(),
+                seq: old,
+            });
             self.store(StoreOp::PutDelivery(delivery));
         }
         // 3.1.1 [MQTT-4.3.3-1]: PUBREL answers PUBREC (also for one we no longer track).
@@ -1847,17 +1878,17 @@ impl Pending {
     }
 }
 
-/// The delivery record of publish number `record` (message and delivery share the number).
+/// The delivery record of a publish stored as `record`.
 fn stored_delivery(
     client_id: &MqttString,
-    record: u64,
+    record: Record,
     publish: &Publish,
     state: DeliveryState,
 ) -> StoredDelivery {
     StoredDelivery {
         client_id: client_id.clone(),
-        seq: record,
-        message: record,
+        seq: record.delivery,
+        message: record.message,
         qos: publish.qos,
         retain: publish.retain,
         state,
