@@ -87,6 +87,15 @@ fn properties(s: &mut Script) -> Properties {
     props
 }
 
+/// [`properties`] on 5.0; none on 3.1.1.
+fn properties_for(version: ProtocolVersion, s: &mut Script) -> Properties {
+    if version == ProtocolVersion::V5 {
+        properties(s)
+    } else {
+        Properties::new()
+    }
+}
+
 fn topic(b: u8) -> TopicName {
     const TOPICS: [&str; 4] = ["a", "a/b", "c/d/e", "$x"];
     TopicName::from_static(TOPICS[usize::from(b) % TOPICS.len()]).unwrap()
@@ -277,11 +286,7 @@ fuzz_target!(|data: &[u8]| {
             }
             4 | 5 => {
                 let b = s.byte().unwrap_or(0);
-                let props = if version == ProtocolVersion::V5 {
-                    properties(&mut s)
-                } else {
-                    Properties::new()
-                };
+                let props = properties_for(version, &mut s);
                 h.receive(&Packet::ConnAck(ConnAck {
                     session_present: b & 1 == 1,
                     reason: if b & 6 == 6 {
@@ -294,11 +299,7 @@ fuzz_target!(|data: &[u8]| {
             }
             6 | 7 => {
                 let b = s.byte().unwrap_or(0);
-                let props = if version == ProtocolVersion::V5 {
-                    properties(&mut s)
-                } else {
-                    Properties::new()
-                };
+                let props = properties_for(version, &mut s);
                 let size = usize::from(s.byte().unwrap_or(0));
                 let _ = h.client.publish(
                     h.now,
@@ -368,11 +369,7 @@ fuzz_target!(|data: &[u8]| {
             15 | 16 => {
                 let b = s.byte().unwrap_or(0);
                 let n = s.u16().unwrap_or(1);
-                let mut props = if version == ProtocolVersion::V5 {
-                    properties(&mut s)
-                } else {
-                    Properties::new()
-                };
+                let mut props = properties_for(version, &mut s);
                 let q = qos(b);
                 // An empty topic only with an alias (what the codec accepts).
                 let topic = if b & 32 != 0 && props.topic_alias().is_some() {
