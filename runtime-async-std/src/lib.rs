@@ -37,8 +37,8 @@ use surgemq_smol::driver::{self, Runtime, TcpRuntime};
 
 pub use surgemq_smol::{
     AckToken, AsyncClientError, AuthRequest, AuthVerdict, Authenticator, BrokerConfig,
-    ClientConfig, ClientOptions, ClientRestore, IncomingMessage, Listener, Messages, Persistence,
-    RestoreError, ShutdownHandle, StoreSetup, rustls,
+    ClientConfig, ClientOptions, ClientRestore, ConfigError, IncomingMessage, Listener, Messages,
+    Persistence, RestoreError, ShutdownHandle, StoreSetup, rustls,
 };
 
 /// A broker server on async-std, not yet bound: [`driver::Server`] on [`AsyncStd`].

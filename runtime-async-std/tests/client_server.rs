@@ -35,3 +35,8 @@ fn tls_round_trip_with_client_certificate() {
 fn first_connection_failure_is_returned_without_reconnect() {
     run(client::first_connection_failure_is_returned_without_reconnect::<AsyncStd>());
 }
+
+#[test]
+fn a_configuration_that_cannot_connect_is_refused_first() {
+    run(client::a_configuration_that_cannot_connect_is_refused_first::<AsyncStd>());
+}

@@ -66,7 +66,7 @@ pub use futures_rustls::rustls;
 pub use runtime::Smol;
 pub use surgemq_core::broker::{AuthRequest, AuthVerdict, Authenticator, BrokerConfig};
 pub use surgemq_core::client::{
-    AckToken, ClientConfig, ClientRestore, IncomingMessage, Persistence, RestoreError,
+    AckToken, ClientConfig, ClientRestore, ConfigError, IncomingMessage, Persistence, RestoreError,
 };
 pub use surgemq_core::store::StoreSetup;
 

@@ -40,7 +40,7 @@ pub use client::{AsyncClientError, Client, ClientOptions, Messages};
 pub use server::{BoundServer, Listener, Server, ShutdownHandle};
 pub use surgemq_core::broker::{AuthRequest, AuthVerdict, Authenticator, BrokerConfig};
 pub use surgemq_core::client::{
-    AckToken, ClientConfig, ClientRestore, IncomingMessage, Persistence, RestoreError,
+    AckToken, ClientConfig, ClientRestore, ConfigError, IncomingMessage, Persistence, RestoreError,
 };
 pub use surgemq_core::store::StoreSetup;
 /// The rustls crate this adapter's TLS listeners use.

@@ -8,7 +8,10 @@ use surgemq_core::broker::{AuthMode, BrokerConfig};
 use surgemq_core::codec::{PubAckReason, QoS, SubAckReason, SubscriptionOptions};
 use surgemq_core::string::MqttString;
 use surgemq_core::topic::{TopicFilter, TopicName};
-use surgemq_tokio::{Client, ClientConfig, ClientOptions, Listener, Server, ShutdownHandle};
+use surgemq_tokio::{
+    AsyncClientError, Client, ClientConfig, ClientOptions, ConfigError, Listener, Server,
+    ShutdownHandle,
+};
 
 async fn start() -> (
     String,
@@ -136,4 +139,23 @@ async fn connect_fails_instead_of_hanging_when_the_first_attempt_fails() {
     })
     .await
     .unwrap();
+}
+
+/// A configuration the client could not connect with (MQTT 3.1.1, empty client identifier, no
+/// clean session: 3.1.1 [MQTT-3.1.3-7]) is refused before any connection is tried: the error is
+/// the configuration's, not the I/O error of the port nobody listens on.
+#[tokio::test]
+async fn a_configuration_that_cannot_connect_is_refused_first() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut opts = options(&format!("127.0.0.1:{port}"), "");
+    opts.config.clean_start = false;
+    opts.config.reconnect = None;
+    match Client::connect(opts).await {
+        Err(AsyncClientError::Config(ConfigError::EmptyClientIdNeedsCleanSession)) => {}
+        other => panic!("expected a configuration error, got {:?}", other.err()),
+    }
 }

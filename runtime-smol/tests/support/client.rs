@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use futures_rustls::rustls::pki_types::ServerName;
 use surgemq_core::broker::{AuthMode, BrokerConfig};
-use surgemq_core::client::ClientConfig;
+use surgemq_core::client::{ClientConfig, ConfigError};
 use surgemq_core::codec::{PubAckReason, QoS, SubAckReason, SubscriptionOptions};
 use surgemq_core::string::MqttString;
 use surgemq_core::topic::{TopicFilter, TopicName};
@@ -155,6 +155,28 @@ pub(crate) async fn tls_round_trip_with_client_certificate<R: TcpRuntime + Defau
             |id| options(running.addr, id).with_tls(client_config.clone(), name.clone());
         exchange_at_every_qos::<R>(tls_options("sub"), tls_options("pub")).await;
         running.stop().await;
+    })
+    .await;
+}
+
+/// A configuration the client could not connect with (MQTT 3.1.1, empty client identifier,
+/// no clean session: 3.1.1 [MQTT-3.1.3-7]) is refused before any connection is tried: the
+/// error is the configuration's, not the I/O error of the port nobody listens on.
+pub(crate) async fn a_configuration_that_cannot_connect_is_refused_first<
+    R: TcpRuntime + Default,
+>() {
+    bounded::<R>("invalid configuration", async {
+        let address = std::net::TcpListener::bind(any_port())
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut opts = options(address, "");
+        opts.config.clean_start = false;
+        opts.config.reconnect = None;
+        match Client::<R>::connect(opts).await {
+            Err(AsyncClientError::Config(ConfigError::EmptyClientIdNeedsCleanSession)) => {}
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
     })
     .await;
 }
