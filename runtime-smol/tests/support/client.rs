@@ -159,6 +159,14 @@ pub(crate) async fn tls_round_trip_with_client_certificate<R: TcpRuntime + Defau
     .await;
 }
 
+/// A loopback address nobody listens on any more.
+fn nobody_listens() -> SocketAddr {
+    std::net::TcpListener::bind(any_port())
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// A configuration the client could not connect with (MQTT 3.1.1, empty client identifier,
 /// no clean session: 3.1.1 [MQTT-3.1.3-7]) is refused before any connection is tried: the
 /// error is the configuration's, not the I/O error of the port nobody listens on.
@@ -166,11 +174,7 @@ pub(crate) async fn a_configuration_that_cannot_connect_is_refused_first<
     R: TcpRuntime + Default,
 >() {
     bounded::<R>("invalid configuration", async {
-        let address = std::net::TcpListener::bind(any_port())
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut opts = options(address, "");
+        let mut opts = options(nobody_listens(), "");
         opts.config.clean_start = false;
         opts.config.reconnect = None;
         match Client::<R>::connect(opts).await {
@@ -185,12 +189,7 @@ pub(crate) async fn first_connection_failure_is_returned_without_reconnect<
     R: TcpRuntime + Default,
 >() {
     bounded::<R>("connection refused", async {
-        // A port nobody listens on any more.
-        let address = std::net::TcpListener::bind(any_port())
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut opts = options(address, "lonely");
+        let mut opts = options(nobody_listens(), "lonely");
         opts.config.reconnect = None;
         match Client::<R>::connect(opts).await {
             Err(AsyncClientError::Io(_)) => {}
