@@ -3,11 +3,12 @@
 //! unacknowledged PUBLISH is sent again as a first delivery (DUP 0, [MQTT-3.3.1-1]); a QoS 2
 //! message whose PUBREC arrived completes, without a PUBREL the new session never asked for.
 
+mod support;
+
 use bytes::{Bytes, BytesMut};
-use surgemq_core::client::{Client, ClientConfig, ClientEvent, ClientInput, ClientOutput};
+use surgemq_core::client::{Client, ClientConfig, ClientEvent, ClientInput};
 use surgemq_core::codec::{
-    ConnAck, ConnectReason, MAX_PACKET_SIZE, Packet, PacketId, Properties, ProtocolVersion, PubAck,
-    QoS, decode_buf,
+    ConnAck, ConnectReason, Packet, PacketId, Properties, ProtocolVersion, PubAck, QoS,
 };
 use surgemq_core::string::MqttString;
 use surgemq_core::time::Instant;
@@ -16,26 +17,8 @@ use surgemq_core::topic::TopicName;
 /// Drives the client's outputs: opens transports at once, returns the packets it sent and
 /// the events it reported.
 fn drain(client: &mut Client, now: Instant) -> (Vec<Packet>, Vec<ClientEvent>) {
-    let mut packets = Vec::new();
-    let mut events = Vec::new();
-    while let Some(output) = client.poll_output() {
-        match output {
-            ClientOutput::OpenTransport => client.handle_input(now, ClientInput::TransportUp),
-            ClientOutput::Transmit(bytes) => {
-                let mut buf = BytesMut::from(&bytes[..]);
-                while let Some(p) =
-                    decode_buf(&mut buf, ProtocolVersion::V3_1_1, MAX_PACKET_SIZE).unwrap()
-                {
-                    packets.push(p);
-                }
-            }
-            ClientOutput::CloseTransport => {}
-            ClientOutput::Event(e) => events.push(e),
-            // Persistence is off here.
-            ClientOutput::Store { .. } => {}
-        }
-    }
-    (packets, events)
+    let d = support::drain(client, now);
+    (d.packets, d.events)
 }
 
 fn connack(client: &mut Client, now: Instant, session_present: bool) {

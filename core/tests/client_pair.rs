@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use surgemq_core::broker::{AuthMode, Broker, BrokerConfig, ConnId, Input};
-use surgemq_core::client::{
-    Client, ClientConfig, ClientError, ClientEvent, ClientInput, ClientOutput, Token,
-};
+use surgemq_core::broker::{AuthMode, Broker, BrokerConfig, ConnId};
+use surgemq_core::client::{Client, ClientConfig, ClientError, ClientEvent, ClientOutput, Token};
 use surgemq_core::codec::{
     Properties, ProtocolVersion, PubAckReason, QoS, SubAckReason, SubscriptionOptions,
 };
@@ -34,6 +32,16 @@ struct Node {
     /// When false, the link drops everything (a partition) until `heal`.
     link_up: bool,
     events: Vec<ClientEvent>,
+}
+
+impl Node {
+    fn end(&mut self) -> support::End<'_> {
+        support::End {
+            client: &mut self.client,
+            conn: &mut self.conn,
+            link_up: self.link_up,
+        }
+    }
 }
 
 impl Pair {
@@ -79,51 +87,16 @@ impl Pair {
             for i in 0..self.clients.len() {
                 while let Some(out) = self.clients[i].client.poll_output() {
                     moved = true;
-                    match out {
-                        ClientOutput::OpenTransport => {
-                            if self.clients[i].link_up {
-                                let conn = self.broker.open_connection(self.now, None);
-                                self.clients[i].conn = Some(conn);
-                                self.clients[i]
-                                    .client
-                                    .handle_input(self.now, ClientInput::TransportUp);
-                            } else {
-                                self.clients[i]
-                                    .client
-                                    .handle_input(self.now, ClientInput::TransportDown);
-                            }
-                        }
-                        ClientOutput::Transmit(data) => {
-                            if let (Some(conn), true) =
-                                (self.clients[i].conn, self.clients[i].link_up)
-                            {
-                                self.broker
-                                    .handle_input(self.now, Input::Received { conn, data })
-                                    .unwrap();
-                            }
-                        }
-                        ClientOutput::CloseTransport => {
-                            if let Some(conn) = self.clients[i].conn.take() {
-                                self.broker
-                                    .handle_input(self.now, Input::Closed { conn })
-                                    .unwrap();
-                            }
-                        }
-                        ClientOutput::Event(e) => self.clients[i].events.push(e),
-                        // Persistence is off in these tests.
-                        ClientOutput::Store { .. } => {}
+                    let end = self.clients[i].end();
+                    // Persistence is off in these tests: no store operations.
+                    if let Some(ClientOutput::Event(e)) =
+                        support::client_output(&mut self.broker, self.now, end, out)
+                    {
+                        self.clients[i].events.push(e);
                     }
                 }
             }
-            let mut ends: Vec<support::End<'_>> = self
-                .clients
-                .iter_mut()
-                .map(|n| support::End {
-                    client: &mut n.client,
-                    conn: &mut n.conn,
-                    link_up: n.link_up,
-                })
-                .collect();
+            let mut ends: Vec<support::End<'_>> = self.clients.iter_mut().map(Node::end).collect();
             moved |= support::deliver_broker_outputs(&mut self.broker, self.now, &mut ends);
             if !moved {
                 return;
@@ -134,30 +107,12 @@ impl Pair {
     /// Advances virtual time by `d`, firing every timer due on the way.
     fn advance(&mut self, d: Duration) {
         let end = self.now + d;
-        loop {
-            let next = self
-                .clients
-                .iter()
-                .filter_map(|n| n.client.poll_timeout())
-                .chain(self.broker.poll_timeout())
-                .filter(|t| *t <= end)
-                .min();
-            let Some(at) = next else { break };
+        while let Some(at) =
+            support::next_timer(&self.broker, self.clients.iter().map(|n| &n.client), end)
+        {
             self.now = self.now.max(at);
-            for i in 0..self.clients.len() {
-                if self.clients[i]
-                    .client
-                    .poll_timeout()
-                    .is_some_and(|t| t <= self.now)
-                {
-                    self.clients[i]
-                        .client
-                        .handle_input(self.now, ClientInput::Timeout);
-                }
-            }
-            if self.broker.poll_timeout().is_some_and(|t| t <= self.now) {
-                self.broker.handle_input(self.now, Input::Timeout).unwrap();
-            }
+            let clients = self.clients.iter_mut().map(|n| &mut n.client);
+            support::fire_timers(&mut self.broker, self.now, clients);
             self.drive();
         }
         self.now = end;
@@ -167,14 +122,7 @@ impl Pair {
     /// Cuts the link: both ends see the transport go down.
     fn cut(&mut self, i: usize) {
         self.clients[i].link_up = false;
-        if let Some(conn) = self.clients[i].conn.take() {
-            self.broker
-                .handle_input(self.now, Input::Closed { conn })
-                .unwrap();
-            self.clients[i]
-                .client
-                .handle_input(self.now, ClientInput::TransportDown);
-        }
+        support::cut(&mut self.broker, self.now, self.clients[i].end());
         self.drive();
     }
 

@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::drain;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
@@ -27,37 +29,6 @@ use surgemq_core::topic::{TopicFilter, TopicName};
 // ---------------------------------------------------------------------------------------------
 // Scripted: the client against packets written by hand
 // ---------------------------------------------------------------------------------------------
-
-/// What one drain of the client produced.
-#[derive(Debug, Default)]
-struct Drained {
-    packets: Vec<Packet>,
-    events: Vec<ClientEvent>,
-    ops: Vec<(u64, StoreOp)>,
-    closed: bool,
-}
-
-/// Drains the client; opens transports at once.
-fn drain(client: &mut Client, now: Instant) -> Drained {
-    let mut d = Drained::default();
-    while let Some(output) = client.poll_output() {
-        match output {
-            ClientOutput::OpenTransport => client.handle_input(now, ClientInput::TransportUp),
-            ClientOutput::Transmit(bytes) => {
-                let mut buf = BytesMut::from(&bytes[..]);
-                while let Some(p) =
-                    decode_buf(&mut buf, ProtocolVersion::V3_1_1, MAX_PACKET_SIZE).unwrap()
-                {
-                    d.packets.push(p);
-                }
-            }
-            ClientOutput::CloseTransport => d.closed = true,
-            ClientOutput::Event(e) => d.events.push(e),
-            ClientOutput::Store { seq, op } => d.ops.push((seq, op)),
-        }
-    }
-    d
-}
 
 fn receive(client: &mut Client, now: Instant, packet: Packet) {
     let mut buf = BytesMut::new();
@@ -578,6 +549,14 @@ struct Node {
 }
 
 impl Node {
+    fn end(&mut self) -> support::End<'_> {
+        support::End {
+            client: &mut self.client,
+            conn: &mut self.conn,
+            link_up: self.link_up,
+        }
+    }
+
     fn start(config: ClientConfig, disk: MemoryStore, now: Instant) -> (Self, Vec<u32>) {
         let mut client = Client::new(config.clone(), now).unwrap();
         let snapshot = disk.snapshot();
@@ -767,14 +746,7 @@ impl World {
 
     fn cut(&mut self, n: usize) {
         self.nodes[n].link_up = false;
-        if let Some(conn) = self.nodes[n].conn.take() {
-            self.broker
-                .handle_input(self.now, Input::Closed { conn })
-                .unwrap();
-            self.nodes[n]
-                .client
-                .handle_input(self.now, ClientInput::TransportDown);
-        }
+        support::cut(&mut self.broker, self.now, self.nodes[n].end());
         self.drive();
     }
 
@@ -809,15 +781,7 @@ impl World {
                     self.nodes[i].pending.push_back(group);
                 }
             }
-            let mut ends: Vec<support::End<'_>> = self
-                .nodes
-                .iter_mut()
-                .map(|n| support::End {
-                    client: &mut n.client,
-                    conn: &mut n.conn,
-                    link_up: n.link_up,
-                })
-                .collect();
+            let mut ends: Vec<support::End<'_>> = self.nodes.iter_mut().map(Node::end).collect();
             moved |= support::deliver_broker_outputs(&mut self.broker, self.now, &mut ends);
             if !moved {
                 return;
@@ -826,32 +790,11 @@ impl World {
     }
 
     fn client_output(&mut self, i: usize, out: ClientOutput, group: &mut Vec<(u64, StoreOp)>) {
-        let now = self.now;
+        let end = self.nodes[i].end();
+        let Some(out) = support::client_output(&mut self.broker, self.now, end, out) else {
+            return;
+        };
         match out {
-            ClientOutput::OpenTransport => {
-                let node = &mut self.nodes[i];
-                if node.link_up {
-                    let conn = self.broker.open_connection(now, None);
-                    node.conn = Some(conn);
-                    node.client.handle_input(now, ClientInput::TransportUp);
-                } else {
-                    node.client.handle_input(now, ClientInput::TransportDown);
-                }
-            }
-            ClientOutput::Transmit(data) => {
-                if let (Some(conn), true) = (self.nodes[i].conn, self.nodes[i].link_up) {
-                    self.broker
-                        .handle_input(now, Input::Received { conn, data })
-                        .unwrap();
-                }
-            }
-            ClientOutput::CloseTransport => {
-                if let Some(conn) = self.nodes[i].conn.take() {
-                    self.broker
-                        .handle_input(now, Input::Closed { conn })
-                        .unwrap();
-                }
-            }
             ClientOutput::Store { seq, op } => group.push((seq, op)),
             ClientOutput::Event(ClientEvent::Message(m)) if i == 1 => {
                 *self
@@ -864,36 +807,18 @@ impl World {
                     self.owed.insert(n);
                 }
             }
-            ClientOutput::Event(_) => {}
+            _ => {}
         }
     }
 
     fn advance(&mut self, d: Duration) {
         let end = self.now + d;
-        loop {
-            let next = self
-                .nodes
-                .iter()
-                .filter_map(|n| n.client.poll_timeout())
-                .chain(self.broker.poll_timeout())
-                .filter(|t| *t <= end)
-                .min();
-            let Some(at) = next else { break };
+        while let Some(at) =
+            support::next_timer(&self.broker, self.nodes.iter().map(|n| &n.client), end)
+        {
             self.now = self.now.max(at);
-            for i in 0..2 {
-                if self.nodes[i]
-                    .client
-                    .poll_timeout()
-                    .is_some_and(|t| t <= self.now)
-                {
-                    self.nodes[i]
-                        .client
-                        .handle_input(self.now, ClientInput::Timeout);
-                }
-            }
-            if self.broker.poll_timeout().is_some_and(|t| t <= self.now) {
-                self.broker.handle_input(self.now, Input::Timeout).unwrap();
-            }
+            let clients = self.nodes.iter_mut().map(|n| &mut n.client);
+            support::fire_timers(&mut self.broker, self.now, clients);
             self.drive();
         }
         self.now = end;
