@@ -5,18 +5,19 @@
 //! (in process) and against a real Mosquitto (required when SURGEMQ_REQUIRE_INTEROP=1).
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use surgemq_core::broker::{AuthMode, BrokerConfig};
 use surgemq_core::client::Backoff;
 use surgemq_core::codec::{QoS, SubscriptionOptions};
 use surgemq_core::string::MqttString;
 use surgemq_core::topic::{TopicFilter, TopicName};
-use surgemq_tokio::{Client, ClientConfig, ClientOptions, Listener, Server};
+use surgemq_tokio::{Client, ClientConfig, ClientOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -197,18 +198,7 @@ async fn scenario(broker: SocketAddr, label: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_lose_nothing_acknowledged_and_never_duplicate_qos2_with_surgemq() {
     tokio::time::timeout(Duration::from_secs(90), async {
-        let config = BrokerConfig {
-            auth: AuthMode::LoopbackOnly,
-            sys_interval: None,
-            ..BrokerConfig::default()
-        };
-        let bound = Server::new(config, vec![Listener::tcp("127.0.0.1:0".parse().unwrap())])
-            .bind()
-            .await
-            .unwrap();
-        let address = bound.local_addrs()[0];
-        let shutdown = bound.shutdown_handle();
-        let server = tokio::spawn(bound.run());
+        let (address, shutdown, server) = common::loopback_broker().await;
         scenario(address, "surgemq").await;
         shutdown.shutdown();
         server.await.unwrap().unwrap();

@@ -2,35 +2,14 @@
 //! deadlock when an application publishes to its own subscription without reading messages.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::time::Duration;
 
-use surgemq_core::broker::{AuthMode, BrokerConfig};
 use surgemq_core::codec::{PubAckReason, QoS, SubAckReason, SubscriptionOptions};
 use surgemq_core::string::MqttString;
 use surgemq_core::topic::{TopicFilter, TopicName};
-use surgemq_tokio::{
-    AsyncClientError, Client, ClientConfig, ClientOptions, ConfigError, Listener, Server,
-    ShutdownHandle,
-};
-
-async fn start() -> (
-    String,
-    ShutdownHandle,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    let config = BrokerConfig {
-        auth: AuthMode::LoopbackOnly,
-        sys_interval: None,
-        ..BrokerConfig::default()
-    };
-    let bound = Server::new(config, vec![Listener::tcp("127.0.0.1:0".parse().unwrap())])
-        .bind()
-        .await
-        .unwrap();
-    let address = bound.local_addrs()[0].to_string();
-    let shutdown = bound.shutdown_handle();
-    (address, shutdown, tokio::spawn(bound.run()))
-}
+use surgemq_tokio::{AsyncClientError, Client, ClientConfig, ClientOptions, ConfigError};
 
 fn options(address: &str, id: &str) -> ClientOptions {
     ClientOptions::new(address, ClientConfig::new(MqttString::new(id).unwrap()))
@@ -46,7 +25,8 @@ fn sub(filter: &str, qos: QoS) -> Vec<(TopicFilter, SubscriptionOptions)> {
 #[tokio::test]
 async fn round_trip_at_every_qos() {
     tokio::time::timeout(Duration::from_secs(30), async {
-        let (address, shutdown, server) = start().await;
+        let (address, shutdown, server) = common::loopback_broker().await;
+        let address = address.to_string();
         let (subscriber, mut messages) = Client::connect(options(&address, "sub")).await.unwrap();
         let granted = subscriber
             .subscribe(sub("t/#", QoS::ExactlyOnce))
@@ -81,7 +61,8 @@ async fn round_trip_at_every_qos() {
 #[tokio::test]
 async fn publishing_to_an_unread_own_subscription_never_deadlocks() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (address, shutdown, server) = start().await;
+        let (address, shutdown, server) = common::loopback_broker().await;
+        let address = address.to_string();
         let mut opts = options(&address, "self");
         opts.message_buffer = 8;
         let (client, mut messages) = Client::connect(opts).await.unwrap();

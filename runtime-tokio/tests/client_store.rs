@@ -8,6 +8,8 @@
 //! returned. Broker and proxy on 127.0.0.1, stopped by the test.
 #![allow(clippy::unwrap_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,14 +17,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use surgemq_core::broker::{AuthMode, BrokerConfig};
 use surgemq_core::client::{Backoff, RestoreError};
 use surgemq_core::codec::{PubAckReason, QoS, SubscriptionOptions};
 use surgemq_core::store::StoreSetup;
 use surgemq_core::store::redb::{self, CommitPolicy, RedbStore};
 use surgemq_core::string::MqttString;
 use surgemq_core::topic::{TopicFilter, TopicName};
-use surgemq_tokio::{AsyncClientError, Client, ClientConfig, ClientOptions, Listener, Server};
+use surgemq_tokio::{AsyncClientError, Client, ClientConfig, ClientOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -180,26 +181,10 @@ async fn wait_for(received: &Received, want: &[String]) {
     panic!("not all received: want {want:?}, got {got:?}");
 }
 
-async fn broker() -> (SocketAddr, surgemq_tokio::ShutdownHandle, JoinHandle<()>) {
-    let config = BrokerConfig {
-        auth: AuthMode::LoopbackOnly,
-        sys_interval: None,
-        ..BrokerConfig::default()
-    };
-    let bound = Server::new(config, vec![Listener::tcp("127.0.0.1:0".parse().unwrap())])
-        .bind()
-        .await
-        .unwrap();
-    let address = bound.local_addrs()[0];
-    let shutdown = bound.shutdown_handle();
-    let server = tokio::spawn(async move { bound.run().await.unwrap() });
-    (address, shutdown, server)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_publishes_survive_a_restart_and_qos2_arrives_once() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (broker_address, shutdown, server) = broker().await;
+        let (broker_address, shutdown, server) = common::loopback_broker().await;
         let proxy = Proxy::start(broker_address).await;
         let dir = tempfile::tempdir().unwrap();
 
@@ -313,7 +298,7 @@ async fn unfinished_publishes_survive_a_restart_and_qos2_arrives_once() {
         collector.abort();
         proxy.stop();
         shutdown.shutdown();
-        server.await.unwrap();
+        server.await.unwrap().unwrap();
     })
     .await
     .unwrap();
@@ -406,7 +391,7 @@ impl Gate {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_received_qos2_message_reaches_the_application_once_its_ack_is_committed() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let (broker_address, shutdown, server) = broker().await;
+        let (broker_address, shutdown, server) = common::loopback_broker().await;
         let gate = Gate::default();
         let options = ClientOptions::new(broker_address.to_string(), config("gated-sub"));
         let (subscriber, mut messages, _) = Client::connect_with_store(options, gate.setup())
@@ -484,7 +469,7 @@ async fn a_received_qos2_message_reaches_the_application_once_its_ack_is_committ
         publisher.disconnect().await;
         drop(subscriber);
         shutdown.shutdown();
-        server.await.unwrap();
+        server.await.unwrap().unwrap();
     })
     .await
     .unwrap();
